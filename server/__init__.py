@@ -1,0 +1,1 @@
+"""The Starlette service: collector ingestion, review queue, alerts and JSON API."""

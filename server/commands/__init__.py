@@ -1,0 +1,9 @@
+"""``trailguard`` sub-commands, one module per area.
+
+Each module has ``register(subparsers)``; every parser it adds sets ``func(settings, args) -> int``.
+"""
+
+COMMAND_MODULES = [
+    "server.commands.db",
+    "server.commands.serve",
+]

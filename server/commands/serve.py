@@ -1,0 +1,109 @@
+"""``trailguard serve`` (the web server alone) and ``trailguard run`` (the whole system)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import redis
+import uvicorn
+
+from renderer.errors import StoreUnavailable
+from scoring import migrate
+from scoring.database import make_engine, ping
+from server.app import create_app
+from server.embedded import EmbeddedRedis
+from server.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    serve_p = sub.add_parser("serve", help="run the web server only (Redis must be configured)")
+    serve_p.set_defaults(func=serve)
+    run_p = sub.add_parser(
+        "run", help="migrate, then run server and workers (embedded Redis if none configured)"
+    )
+    run_p.add_argument("--no-worker", action="store_true", help="start the server alone")
+    run_p.set_defaults(func=run)
+
+
+@contextlib.contextmanager
+def redis_url_for(settings: Settings) -> Iterator[str]:
+    """The configured Redis URL, or an embedded Redis's for as long as the block runs."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    embedded = EmbeddedRedis(settings.data_dir / "redis")
+    try:
+        yield embedded.url
+    finally:
+        embedded.close()
+
+
+def check_redis(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        raise StoreUnavailable(f"Redis unreachable at {url}: {e}") from e
+    finally:
+        client.close()
+
+
+def _serve(settings: Settings, redis_url: str) -> None:
+    app = create_app(settings, redis_url=redis_url)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws="websockets",
+        ws_per_message_deflate=False,
+    )
+    asyncio.run(uvicorn.Server(config).serve())
+
+
+def serve(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.redis_url:
+        print(
+            "trailguard serve: set TRAILGUARD_REDIS_URL, or use `trailguard run`", file=sys.stderr
+        )
+        return 2
+    check_redis(settings.redis_url)
+    engine = make_engine(settings.database_url)
+    ping(engine)
+    engine.dispose()
+    _serve(settings, settings.redis_url)
+    return 0
+
+
+def _start_workers(settings: Settings, redis_url: str) -> list[subprocess.Popen[bytes]]:
+    from server.commands import COMMAND_MODULES
+
+    if "server.commands.worker" not in COMMAND_MODULES:
+        return []
+    env = {**os.environ, "TRAILGUARD_REDIS_URL": redis_url}
+    cmd = [sys.executable, "-m", "server.cli", "worker"]
+    return [subprocess.Popen(cmd, env=env) for _ in range(settings.workers)]
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    engine = make_engine(settings.database_url)
+    ping(engine)
+    engine.dispose()
+    migrate.upgrade(settings.database_url)
+    with redis_url_for(settings) as url:
+        check_redis(url)
+        workers = [] if args.no_worker else _start_workers(settings, url)
+        try:
+            _serve(settings, url)
+        finally:
+            for proc in workers:
+                proc.terminate()
+            for proc in workers:
+                proc.wait(timeout=30)
+    return 0

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint install dev-install bench clean
+.PHONY: run test lint install dev-install bench clean migration
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ lint: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+## make migration: rewrite the initial revision from the models (pre-release: one revision)
+migration: $(VENV)/.installed-dev
+	rm -f migrations/versions/0001_initial_schema.py
+	db=$$(mktemp -u /tmp/tg-migration-XXXXXX.db); \
+	  TRAILGUARD_DATABASE_URL=sqlite:///$$db $(BIN)/trailguard db revision -m "initial schema" --rev-id 0001 && rm -f $$db
+	$(BIN)/ruff format migrations/versions >/dev/null
 
 clean:
 	rm -rf $(VENV) var trailguard.db .pytest_cache .mypy_cache .ruff_cache

@@ -30,8 +30,10 @@ def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
 
 
-def revision(database_url: str, message: str) -> None:
-    command.revision(alembic_config(database_url), message=message, autogenerate=True)
+def revision(database_url: str, message: str, rev_id: str | None = None) -> None:
+    command.revision(
+        alembic_config(database_url), message=message, autogenerate=True, rev_id=rev_id
+    )
 
 
 def pending_differences(engine: Engine) -> list[object]:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 15:43:27.217631
+Create Date: 2026-11-29 15:44:41.801207
 """
 
 from collections.abc import Sequence
@@ -27,7 +27,10 @@ def upgrade() -> None:
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_analysts")),
         sa.UniqueConstraint("email", name=op.f("uq_analysts_email")),
@@ -40,7 +43,10 @@ def upgrade() -> None:
         sa.Column("sample_rate", sa.Integer(), nullable=False),
         sa.Column("duration_s", sa.Float(), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audio_clips")),
     )
@@ -53,7 +59,10 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_job_failures")),
         sa.UniqueConstraint("job_id", name=op.f("uq_job_failures_job_id")),
@@ -68,7 +77,10 @@ def upgrade() -> None:
         sa.Column("points", sa.JSON(), nullable=False),
         sa.Column("source", sa.String(length=32), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_pump_cards")),
         sa.UniqueConstraint("well_id", "card_id", name=op.f("uq_pump_cards_well_id_card_id")),
@@ -84,7 +96,10 @@ def upgrade() -> None:
         sa.Column("webhook_url", sa.String(length=500), nullable=True),
         sa.Column("policy", sa.JSON(), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sites")),
         sa.UniqueConstraint("key", name=op.f("uq_sites_key")),
@@ -96,7 +111,10 @@ def upgrade() -> None:
         sa.Column("external_id", sa.String(length=200), nullable=False),
         sa.Column("owner_email", sa.String(length=320), nullable=True),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.ForeignKeyConstraint(
             ["site_id"], ["sites.id"], name=op.f("fk_accounts_site_id_sites"), ondelete="CASCADE"
@@ -121,7 +139,10 @@ def upgrade() -> None:
         sa.Column("reasons", sa.JSON(), nullable=False),
         sa.Column("samples_used", sa.Integer(), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.ForeignKeyConstraint(
             ["account_id"],
@@ -150,7 +171,10 @@ def upgrade() -> None:
         sa.Column("config", sa.JSON(), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.ForeignKeyConstraint(
             ["account_id"],
@@ -181,7 +205,10 @@ def upgrade() -> None:
         sa.Column("samples", sa.LargeBinary(), nullable=True),
         sa.Column("label", sa.String(length=16), nullable=True),
         sa.Column(
-            "started_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "started_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
@@ -214,7 +241,10 @@ def upgrade() -> None:
         sa.Column("windows", sa.JSON(), nullable=False),
         sa.Column("untrained", sa.Boolean(), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.ForeignKeyConstraint(
             ["clip_id"],
@@ -244,7 +274,10 @@ def upgrade() -> None:
         sa.Column("probabilities", sa.JSON(), nullable=False),
         sa.Column("untrained", sa.Boolean(), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.ForeignKeyConstraint(
             ["card_pk"],
@@ -275,7 +308,10 @@ def upgrade() -> None:
         sa.Column("untrained", sa.Boolean(), nullable=False),
         sa.Column("details", sa.JSON(), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.ForeignKeyConstraint(
             ["model_version_id"],
@@ -328,10 +364,16 @@ def upgrade() -> None:
         sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("deadline", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.Column(
-            "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.ForeignKeyConstraint(
             ["assignee_id"], ["analysts.id"], name=op.f("fk_review_cases_assignee_id_analysts")
@@ -368,7 +410,10 @@ def upgrade() -> None:
         sa.Column("owner_decision", sa.String(length=16), nullable=True),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
         ),
         sa.ForeignKeyConstraint(
             ["account_id"],
@@ -393,7 +438,12 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=32), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("data", sa.JSON(), nullable=False),
-        sa.Column("at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column(
+            "at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
+        ),
         sa.ForeignKeyConstraint(
             ["case_id"],
             ["review_cases.id"],

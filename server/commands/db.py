@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     down.set_defaults(func=downgrade)
     rev = dbsub.add_parser("revision", help="autogenerate a revision from the models")
     rev.add_argument("-m", "--message", required=True)
+    rev.add_argument("--rev-id", help="revision id (default: random)")
     rev.set_defaults(func=revision)
     check = dbsub.add_parser("check", help="exit 1 if the models differ from the migrations")
     check.set_defaults(func=check_cmd)
@@ -47,7 +48,7 @@ def downgrade(settings: Settings, args: argparse.Namespace) -> int:
 
 def revision(settings: Settings, args: argparse.Namespace) -> int:
     _reachable(settings)
-    migrate.revision(settings.database_url, args.message)
+    migrate.revision(settings.database_url, args.message, args.rev_id)
     return 0
 
 

@@ -6,4 +6,5 @@ Each module has ``register(subparsers)``; every parser it adds sets ``func(setti
 COMMAND_MODULES = [
     "server.commands.db",
     "server.commands.serve",
+    "server.commands.site",
 ]

@@ -60,3 +60,12 @@ HEALTH_PROBE = f"{PREFIX}:{{health}}:probe"
 def rate_limit(scope: str, ident: str) -> str:
     """Counter for a fixed-window rate limit."""
     return f"{PREFIX}:{{rl:{scope}:{ident}}}"
+
+
+def analyst_session(token: str) -> str:
+    """An analyst's login session (hash: analyst id, created); expires with the session."""
+    return f"{PREFIX}:{{auth:{token}}}:session"
+
+
+ALERT_DISPATCH_LOCK = f"{PREFIX}:{{alerts}}:dispatch-lock"
+"""Held by the one process sending alerts at a time (server lifespan task or CLI)."""

@@ -47,6 +47,11 @@ def job_attempts(pipeline: str) -> str:
     return f"{PREFIX}:{{jobs:{pipeline}}}:attempts"
 
 
+def decision_rate(site_id: int) -> str:
+    """Hash (tokens, ms) of one site's token bucket limiting bursts of decision requests."""
+    return f"{PREFIX}:{{site:{site_id}}}:decisions:rate"
+
+
 def consumer_group(pipeline: str) -> str:
     return f"{PREFIX}-{pipeline}-workers"
 

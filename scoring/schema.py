@@ -307,4 +307,18 @@ class Decision(Base):
     model_version: Mapped[str | None] = mapped_column(String(64))
     reasons: Mapped[list[Any]] = mapped_column(default=list)
     samples_used: Mapped[int] = mapped_column(Integer, default=0)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = _created()
+
+
+class PolicyChange(Base):
+    """Append-only audit of every edit of a site's decision policy (``Site.policy``)."""
+
+    __tablename__ = "policy_changes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
+    actor: Mapped[str] = mapped_column(String(320))
+    before: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    after: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[dt.datetime] = _created()

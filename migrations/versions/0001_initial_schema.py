@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 15:44:41.801207
+Create Date: 2026-11-29 15:50:13.012948
 """
 
 from collections.abc import Sequence
@@ -126,6 +126,31 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_accounts_site_id"), ["site_id"], unique=False)
 
     op.create_table(
+        "policy_changes",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("site_id", sa.Integer(), nullable=False),
+        sa.Column("actor", sa.String(length=320), nullable=False),
+        sa.Column("before", sa.JSON(), nullable=False),
+        sa.Column("after", sa.JSON(), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column(
+            "at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["site_id"],
+            ["sites.id"],
+            name=op.f("fk_policy_changes_site_id_sites"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_policy_changes")),
+    )
+    with op.batch_alter_table("policy_changes", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_policy_changes_site_id"), ["site_id"], unique=False)
+
+    op.create_table(
         "decisions",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("site_id", sa.Integer(), nullable=False),
@@ -138,6 +163,7 @@ def upgrade() -> None:
         sa.Column("model_version", sa.String(length=64), nullable=True),
         sa.Column("reasons", sa.JSON(), nullable=False),
         sa.Column("samples_used", sa.Integer(), nullable=False),
+        sa.Column("details", sa.JSON(), nullable=False),
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
@@ -498,6 +524,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_decisions_site_id"))
 
     op.drop_table("decisions")
+    with op.batch_alter_table("policy_changes", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_policy_changes_site_id"))
+
+    op.drop_table("policy_changes")
     with op.batch_alter_table("accounts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_accounts_site_id"))
 

@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 # Each module exposes ``routes() -> list[BaseRoute]``; add a new area here.
 ROUTE_MODULES: list[str] = []
 
+# Background tasks tied to the server's life: "module:function" where
+# ``function(app: Starlette) -> AbstractAsyncContextManager[None]``; entered in order at start-up
+# (after ``app.state.services`` is set), exited in reverse order at shutdown.
+LIFESPAN_HOOKS: list[str] = []
+
 
 @dataclass
 class Services:
@@ -86,7 +91,12 @@ def create_app(settings: Settings, redis_url: str | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
-            yield
+            async with contextlib.AsyncExitStack() as stack:
+                for hook in LIFESPAN_HOOKS:
+                    module, _, func = hook.partition(":")
+                    factory = getattr(importlib.import_module(module), func)
+                    await stack.enter_async_context(factory(app))
+                yield
         finally:
             await svc.redis.aclose()
             engine.dispose()

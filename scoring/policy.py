@@ -212,7 +212,7 @@ return {allowed, wait}
 
 async def admit(redis: aioredis.Redis, site_id: int, limit: RateLimit, now_ms: int) -> float:
     """Take one token from the site's bucket: 0.0 when admitted, else seconds to wait."""
-    allowed, wait_ms = await redis.eval(  # type: ignore[misc]
+    allowed, wait_ms = await redis.eval(
         _BUCKET, 1, keys.decision_rate(site_id), limit.per_second, limit.burst, now_ms
     )
     return 0.0 if int(allowed) else max(int(wait_ms), 1) / 1000.0

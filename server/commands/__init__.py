@@ -7,4 +7,6 @@ COMMAND_MODULES = [
     "server.commands.db",
     "server.commands.serve",
     "server.commands.site",
+    "server.commands.analyst",
+    "server.commands.alerts",
 ]

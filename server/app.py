@@ -28,12 +28,21 @@ from server.settings import Settings
 log = logging.getLogger(__name__)
 
 # Each module exposes ``routes() -> list[BaseRoute]``; add a new area here.
-ROUTE_MODULES: list[str] = []
+ROUTE_MODULES: list[str] = [
+    "server.collect",
+    "server.decisions_api",
+    "server.policy_views",
+    "server.auth",
+    "server.review",
+    "server.admin",
+    "server.alerts",
+    "server.accounts_api",
+]
 
 # Background tasks tied to the server's life: "module:function" where
 # ``function(app: Starlette) -> AbstractAsyncContextManager[None]``; entered in order at start-up
 # (after ``app.state.services`` is set), exited in reverse order at shutdown.
-LIFESPAN_HOOKS: list[str] = []
+LIFESPAN_HOOKS: list[str] = ["server.collect:lifespan", "server.alerts:background_dispatch"]
 
 
 @dataclass

@@ -1,0 +1,304 @@
+"""Page sessions buffered in Redis: the collector writes them, scoring reads them.
+
+Layout (names from :mod:`scoring.keys`, all hash-tagged by session id):
+
+- ``session_meta(sid)``: hash of metadata (see docs/architecture.md) plus bookkeeping fields
+  ``max_seq``, ``last_t`` (0.1 ms), ``last_seen`` (unix s), ``connections``, ``started_ms``.
+- ``session_samples(sid)``: stream, one entry per accepted frame: ``s`` = sequence number,
+  ``e`` = the frame's pointer events packed as :data:`SAMPLE_DTYPE` records (9 bytes each).
+- ``session_seqs(sid)``: set of accepted sequence numbers (drops resends).
+- ``session_end_lock(sid)``: set once with NX by whoever ends the session.
+- ``LIVE_SESSIONS``: sorted set sid → last activity, swept for sessions to end.
+
+A frame is accepted atomically (one Lua script: dedupe, monotonic time, caps, append), so a
+resend, a beacon and a reconnect racing each other can never double or reorder samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from renderer.errors import InvalidInput, NotFound
+from scoring import keys
+
+SAMPLE_DTYPE = np.dtype([("t", "<u4"), ("x", "<i2"), ("y", "<i2"), ("code", "u1")])
+"""One stored event: time in 0.1 ms since the session started, CSS pixels, event code."""
+
+TIME_UNITS_PER_MS = 10
+ARCHIVE_MAGIC = b"TGA1"
+
+# Results of append_frame.
+APPENDED = 1
+DUPLICATE = 0
+NON_MONOTONIC = -1
+TOO_MANY_SAMPLES = -2
+TOO_FAST = -3
+ENDED = -4
+
+_APPEND_LUA = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[4]) == 1 then return -4 end
+local seq = tonumber(ARGV[1])
+local n = tonumber(ARGV[3])
+local max_seq = tonumber(redis.call('HGET', KEYS[3], 'max_seq') or '-1')
+local last_t = tonumber(redis.call('HGET', KEYS[3], 'last_t') or '0')
+if seq > max_seq and tonumber(ARGV[4]) < last_t then return -1 end
+local total = tonumber(redis.call('HGET', KEYS[3], 'n_samples') or '0') + n
+if total > tonumber(ARGV[8]) then return -2 end
+local t_end = math.max(last_t, tonumber(ARGV[5]))
+if total > tonumber(ARGV[9]) * (t_end / 10000 + 1) then return -3 end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], '*', 's', ARGV[1], 'e', ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'n_samples', n)
+if seq > max_seq then redis.call('HSET', KEYS[3], 'max_seq', seq, 'last_t', ARGV[5]) end
+redis.call('HSET', KEYS[3], 'last_seen', ARGV[6])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[7]) end
+return 1
+"""
+
+_OPEN_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
+local cur = redis.call('HGET', KEYS[1], 'site_id')
+if cur and cur ~= ARGV[1] then return -1 end
+local created = 0
+if not cur then
+  created = 1
+  for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  redis.call('HSET', KEYS[1], 'state', 'live', 'n_samples', 0, 'max_seq', -1, 'last_t', 0,
+             'connections', 0, 'end_reason', '')
+elseif ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'account', ARGV[4])
+end
+redis.call('HINCRBY', KEYS[1], 'connections', tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'last_seen', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return created
+"""
+
+
+class _Script:
+    """A Lua script run by hash, loaded on first use on each Redis server."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, redis: aioredis.Redis, keys_: list[str], args: list[Any]) -> int:
+        try:
+            result = await redis.evalsha(self.sha, len(keys_), *keys_, *args)
+        except NoScriptError:
+            result = await redis.eval(self.source, len(keys_), *keys_, *args)
+        return int(result)
+
+
+_append = _Script(_APPEND_LUA)
+_open = _Script(_OPEN_LUA)
+
+
+@dataclass
+class SessionData:
+    meta: dict[str, str]
+    viewport: tuple[int, int]
+    events: np.ndarray  # (N, 4) float64: t_ms, x, y, code; sorted by time
+
+
+@dataclass(frozen=True)
+class Caps:
+    max_total_samples: int = 500_000
+    max_rate_hz: int = 1000
+    ttl_s: int = 24 * 3600
+
+
+# --- packing --------------------------------------------------------------------------------
+
+
+def pack_events(events: list[tuple[int, int, int, int]]) -> bytes:
+    """Pointer events ``(t in 0.1 ms, x, y, code)`` as :data:`SAMPLE_DTYPE` records."""
+    return np.array(events, dtype=SAMPLE_DTYPE).tobytes() if events else b""
+
+
+def unpack_events(raw: bytes) -> np.ndarray:
+    """Packed records → (N, 4) float64 ``t_ms, x, y, code`` sorted by time."""
+    rec = np.frombuffer(raw, dtype=SAMPLE_DTYPE)
+    out = np.empty((len(rec), 4), dtype=np.float64)
+    out[:, 0] = rec["t"] / TIME_UNITS_PER_MS
+    out[:, 1] = rec["x"]
+    out[:, 2] = rec["y"]
+    out[:, 3] = rec["code"]
+    return out[np.argsort(out[:, 0], kind="stable")]
+
+
+def archive(events: np.ndarray) -> bytes:
+    """Compact bytes of a session's events, for ``PageSession.samples``.
+
+    ``TGA1`` then zlib of int32 little-endian rows ``(dt, dx, dy, code)`` (dt in 0.1 ms,
+    deltas from the previous row, the first from zero)."""
+    ev = np.asarray(events, dtype=np.float64).reshape(-1, 4)
+    ints = np.empty((len(ev), 4), dtype=np.int64)
+    ints[:, 0] = np.rint(ev[:, 0] * TIME_UNITS_PER_MS)
+    ints[:, 1:] = np.rint(ev[:, 1:])
+    deltas = ints.copy()
+    deltas[1:, :3] = np.diff(ints[:, :3], axis=0)
+    return ARCHIVE_MAGIC + zlib.compress(deltas.astype("<i4").tobytes(), 6)
+
+
+def unarchive(raw: bytes) -> np.ndarray:
+    """The (N, 4) float64 ``t_ms, x, y, code`` events that :func:`archive` stored."""
+    if not raw.startswith(ARCHIVE_MAGIC):
+        raise InvalidInput("archived samples do not start with TGA1", "bad_archive")
+    try:
+        body = zlib.decompress(raw[len(ARCHIVE_MAGIC) :])
+    except zlib.error as e:
+        raise InvalidInput(f"archived samples are corrupt: {e}", "bad_archive") from e
+    if len(body) % 16:
+        raise InvalidInput("archived samples have a partial row", "bad_archive")
+    ints = np.frombuffer(body, dtype="<i4").reshape(-1, 4).astype(np.int64)
+    ints[:, :3] = np.cumsum(ints[:, :3], axis=0)
+    out = ints.astype(np.float64)
+    out[:, 0] /= TIME_UNITS_PER_MS
+    return out
+
+
+# --- writing (the collector) ------------------------------------------------------------------
+
+
+async def open_session(
+    redis: aioredis.Redis,
+    sid: str,
+    site_id: int,
+    fields: dict[str, str | int | float],
+    *,
+    connection: bool,
+    now: float,
+    ttl_s: int,
+) -> int:
+    """Create the meta hash (first hello) or join it (reconnect, beacon).
+
+    Returns 1 created, 0 joined, -1 the sid belongs to another site, -2 already ended."""
+    args: list[Any] = [site_id, ttl_s, int(connection), fields.get("account", ""), int(now)]
+    for name, value in {**fields, "site_id": site_id}.items():
+        args += [name, value]
+    return await _open(redis, [keys.session_meta(sid), keys.session_end_lock(sid)], args)
+
+
+async def append_frame(
+    redis: aioredis.Redis,
+    sid: str,
+    seq: int,
+    events: list[tuple[int, int, int, int]],
+    t_first: int,
+    t_last: int,
+    now: float,
+    caps: Caps,
+) -> int:
+    """Store one frame's events unless already stored; one of the result constants."""
+    return await _append(
+        redis,
+        [
+            keys.session_seqs(sid),
+            keys.session_samples(sid),
+            keys.session_meta(sid),
+            keys.session_end_lock(sid),
+        ],
+        [
+            seq,
+            pack_events(events),
+            len(events),
+            t_first,
+            t_last,
+            int(now),
+            caps.ttl_s,
+            caps.max_total_samples,
+            caps.max_rate_hz,
+        ],
+    )
+
+
+async def update_meta(redis: aioredis.Redis, sid: str, fields: dict[str, str | int]) -> None:
+    await redis.hset(keys.session_meta(sid), mapping=fields)  # type: ignore[arg-type]
+
+
+async def touch_live(redis: aioredis.Redis, sid: str, now: float) -> None:
+    await redis.zadd(keys.LIVE_SESSIONS, {sid: now})
+
+
+async def connection_closed(redis: aioredis.Redis, sid: str, now: float) -> None:
+    """One connection of the session went away; the grace period starts now."""
+    meta = keys.session_meta(sid)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hincrby(meta, "connections", -1)
+        pipe.hset(meta, "last_seen", int(now))
+        await pipe.execute()
+    await touch_live(redis, sid, now)
+
+
+async def due_sessions(
+    redis: aioredis.Redis, now: float, grace_s: float, idle_s: float, limit: int = 500
+) -> list[tuple[str, str]]:
+    """(sid, reason) of live sessions to end: closed beyond the grace period, or idle."""
+    sids = await redis.zrangebyscore(keys.LIVE_SESSIONS, "-inf", now - grace_s, 0, limit)
+    due: list[tuple[str, str]] = []
+    for raw in sids:
+        sid = raw.decode() if isinstance(raw, bytes) else str(raw)
+        conns, seen = await redis.hmget(keys.session_meta(sid), ["connections", "last_seen"])
+        if seen is None:  # meta expired: nothing left to end
+            await redis.zrem(keys.LIVE_SESSIONS, sid)
+            continue
+        last = float(seen)
+        if int(conns or 0) <= 0 and last <= now - grace_s:
+            due.append((sid, "closed"))
+        elif last <= now - idle_s:
+            due.append((sid, "idle"))
+    return due
+
+
+async def claim_end(redis: aioredis.Redis, sid: str, reason: str, ttl_s: int) -> bool:
+    """True for exactly one caller per session: the one that gets to end it."""
+    return bool(await redis.set(keys.session_end_lock(sid), reason, nx=True, ex=ttl_s))
+
+
+async def release_end(redis: aioredis.Redis, sid: str) -> None:
+    """Undo :func:`claim_end` when ending failed half-way, so a later sweep retries."""
+    await redis.delete(keys.session_end_lock(sid))
+
+
+async def mark_ended(redis: aioredis.Redis, sid: str, reason: str, now: float) -> None:
+    await redis.hset(
+        keys.session_meta(sid),
+        mapping={"state": "ended", "end_reason": reason, "ended_at": int(now)},
+    )
+    await redis.zrem(keys.LIVE_SESSIONS, sid)
+
+
+# --- reading (scoring, the sessions API) -------------------------------------------------------
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+async def read_meta(redis: aioredis.Redis, sid: str) -> dict[str, str]:
+    raw = await redis.hgetall(keys.session_meta(sid))
+    if not raw:
+        raise NotFound(f"no page session {sid!r} in Redis")
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+async def read_session(redis: aioredis.Redis, sid: str) -> SessionData:
+    """The session's metadata, viewport and time-sorted events; :class:`NotFound` if gone."""
+    meta = await read_meta(redis, sid)
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(keys.session_samples(sid))  # type: ignore[assignment]
+    packed = b"".join(fields[b"e"] for _id, fields in entries)
+    viewport = (int(meta.get("viewport_w", 0)), int(meta.get("viewport_h", 0)))
+    return SessionData(meta=meta, viewport=viewport, events=unpack_events(packed))
+
+
+async def live_session_ids(redis: aioredis.Redis) -> list[str]:
+    return [_text(s) for s in await redis.zrange(keys.LIVE_SESSIONS, 0, -1)]

@@ -1,0 +1,437 @@
+"""Collector endpoints: the snippet (``GET /c.js``), its WebSocket and its beacon (``/collect``).
+
+Every message is decoded and validated by :mod:`server.wire`; accepted frames go to Redis
+through :mod:`scoring.session_store` (deduplicated by sequence number, atomically). A page
+session ends on its end-of-page record, on socket close plus a grace period, or on idle
+timeout (a sweeper task started from the app's lifespan); whichever comes first wins the end
+lock, writes the ``PageSession`` row and enqueues the one mouse job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from renderer.errors import InvalidFrame, NotFound
+from scoring import jobs
+from scoring import session_store as store
+from scoring.schema import Account, PageSession, utcnow
+from server import wire
+from server.app import Services
+from server.sites import normalise_origin, site_by_key
+
+log = logging.getLogger(__name__)
+
+SNIPPET_PATH = Path(__file__).resolve().parent.parent / "collector_js" / "c.js"
+
+HTTP_STATUS = {
+    "oversize": 413,
+    "unknown_site": 403,
+    "origin_not_allowed": 403,
+    "rate_limited": 429,
+    "session_ended": 409,
+    "session_conflict": 409,
+}
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """Collector knobs; tests put their own on ``app.state.collector_config``."""
+
+    grace_s: float = 10.0
+    idle_s: float = 1800.0
+    sweep_every_s: float = 1.0
+    burst_samples: int = 20_000
+    site_cache_s: float = 30.0
+    caps: store.Caps = field(default_factory=store.Caps)
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    id: int
+    origins: frozenset[str]
+
+
+def _config(app: Starlette) -> CollectorConfig:
+    cfg = getattr(app.state, "collector_config", None)
+    return cfg if isinstance(cfg, CollectorConfig) else CollectorConfig()
+
+
+def _services(app: Starlette) -> Services:
+    svc: Services = app.state.services
+    return svc
+
+
+def _load_site(sessions: sessionmaker[Session], key: str) -> SiteInfo | None:
+    with sessions() as s:
+        try:
+            site = site_by_key(s, key)
+        except NotFound:
+            return None
+        return SiteInfo(id=site.id, origins=frozenset(site.allowed_origins or []))
+
+
+async def _site(app: Starlette, key: str) -> SiteInfo | None:
+    """The site for a key, cached for ``site_cache_s`` so hellos do not each hit the database."""
+    cache: dict[str, tuple[SiteInfo | None, float]] = app.state.__dict__.setdefault(
+        "collector_sites", {}
+    )
+    hit = cache.get(key)
+    now = time.monotonic()
+    if hit and hit[1] > now:
+        return hit[0]
+    info = await run_in_threadpool(_load_site, _services(app).sessions, key)
+    cache[key] = (info, now + _config(app).site_cache_s)
+    return info
+
+
+class Ingest:
+    """One client's stream of messages: a WebSocket connection, or one beacon."""
+
+    def __init__(self, app: Starlette, headers: Any, client_ip: str, connection: bool) -> None:
+        self.app = app
+        self.svc = _services(app)
+        self.cfg = _config(app)
+        self.origin = headers.get("origin")
+        self.user_agent = (headers.get("user-agent") or "")[:1000]
+        self.client_ip = client_ip
+        self.connection = connection
+        self.sid: str | None = None
+        self.joined = False
+        self.tokens = float(self.cfg.burst_samples)
+        self.refilled = time.monotonic()
+        self.touched = 0.0
+
+    async def hello(self, raw: bytes) -> wire.Hello:
+        h = wire.decode_hello(raw)
+        site = await _site(self.app, h.site_key)
+        if site is None:
+            raise wire.fail("unknown_site", f"site key {h.site_key!r} is not registered")
+        if not self._origin_ok(site):
+            raise wire.fail("origin_not_allowed", f"origin {self.origin!r} is not allowed")
+        fields: dict[str, str | int | float] = {
+            "site_key": h.site_key,
+            "account": h.account,
+            "page_path": h.page_path,
+            "viewport_w": h.viewport[0],
+            "viewport_h": h.viewport[1],
+            "dpr": h.dpr,
+            "pointer_type": h.pointer_type,
+            "user_agent": self.user_agent,
+            "client_ip": self.client_ip,
+            "started_ms": h.started_ms,
+        }
+        now = time.time()
+        status = await store.open_session(
+            self.svc.redis,
+            h.session_id,
+            site.id,
+            fields,
+            connection=self.connection,
+            now=now,
+            ttl_s=self.cfg.caps.ttl_s,
+        )
+        if status == -1:
+            raise wire.fail("session_conflict", "this session id belongs to another site")
+        self.sid = h.session_id
+        if status == -2 and self.connection:
+            raise wire.fail("session_ended", "this page session has ended")
+        self.joined = status >= 0 and self.connection
+        await self._touch(now, force=True)
+        return h
+
+    def _origin_ok(self, site: SiteInfo) -> bool:
+        if not self.origin:
+            return False
+        try:
+            return normalise_origin(self.origin) in site.origins
+        except ValueError:  # InvalidInput: not an origin at all
+            return False
+
+    def _take_tokens(self, n: int) -> None:
+        now = time.monotonic()
+        rate = self.cfg.caps.max_rate_hz
+        self.tokens = min(self.cfg.burst_samples, self.tokens + (now - self.refilled) * rate)
+        self.refilled = now
+        if n > self.tokens:
+            raise wire.fail("rate_limited", f"more than {rate} samples per second")
+        self.tokens -= n
+
+    async def _touch(self, now: float, force: bool = False) -> None:
+        if self.sid and (force or now - self.touched >= 1.0):
+            self.touched = now
+            await store.touch_live(self.svc.redis, self.sid, now)
+
+    async def frame(self, frame: wire.Frame) -> None:
+        """Store a decoded frame (once); raises :class:`InvalidFrame` when a cap says no."""
+        if self.sid is None:
+            raise wire.fail("expected_hello", "the first message must be a hello")
+        if self.connection:
+            self._take_tokens(frame.n_samples)
+        now = time.time()
+        status = await store.append_frame(
+            self.svc.redis,
+            self.sid,
+            frame.seq,
+            frame.events,
+            frame.t0,
+            frame.t_last,
+            now,
+            self.cfg.caps,
+        )
+        _raise_for(status, frame)
+        if status == store.APPENDED:
+            await self._apply_records(frame)
+        await self._touch(now)
+        if frame.ended:
+            await end_session(self.svc, self.cfg, self.sid, "end", now)
+
+    async def _apply_records(self, frame: wire.Frame) -> None:
+        updates: dict[str, str | int] = {}
+        for name, _t, *values in frame.other:
+            if name == "account":
+                updates["account"] = str(values[0])
+            elif name == "resize":
+                updates["viewport_w"], updates["viewport_h"] = int(values[0]), int(values[1])  # type: ignore[call-overload]
+            elif name == "pointer":
+                updates["pointer_type"] = str(values[0])
+        if updates and self.sid:
+            await store.update_meta(self.svc.redis, self.sid, updates)
+
+    async def finish(self) -> None:
+        if self.joined and self.sid:
+            await store.connection_closed(self.svc.redis, self.sid, time.time())
+
+
+def _raise_for(status: int, frame: wire.Frame) -> None:
+    if status == store.NON_MONOTONIC:
+        raise wire.fail("non_monotonic_time", f"frame {frame.seq} starts before its predecessor")
+    if status == store.TOO_MANY_SAMPLES:
+        raise wire.fail("session_too_long", "the session reached its total sample cap")
+    if status == store.TOO_FAST:
+        raise wire.fail("rate_limited", "more samples per second of session time than allowed")
+    if status == store.ENDED:
+        raise wire.fail("session_ended", f"frame {frame.seq} arrived after the session ended")
+
+
+# --- ending a session ---------------------------------------------------------------------------
+
+
+def _account_id(s: Session, site_id: int, external_id: str) -> int:
+    query = select(Account.id).where(Account.site_id == site_id, Account.external_id == external_id)
+    found = s.scalars(query).first()
+    if found is not None:
+        return found
+    try:
+        with s.begin_nested():
+            account = Account(site_id=site_id, external_id=external_id)
+            s.add(account)
+        return account.id
+    except IntegrityError:  # another process created it between our SELECT and INSERT
+        return s.scalars(query).one()
+
+
+def record_page_session(
+    sessions: sessionmaker[Session], sid: str, meta: dict[str, str], reason: str
+) -> None:
+    """Write (or complete) the ``PageSession`` row of an ended session."""
+    site_id = int(meta["site_id"])
+    with sessions() as s:
+        row = s.get(PageSession, sid)
+        if row is None:
+            row = PageSession(id=sid, site_id=site_id)
+            s.add(row)
+        row.page_path = meta.get("page_path", "")[:2000]
+        row.viewport_w = int(meta.get("viewport_w", 0))
+        row.viewport_h = int(meta.get("viewport_h", 0))
+        row.device_pixel_ratio = float(meta.get("dpr", 1.0))
+        row.pointer_type = meta.get("pointer_type", "mouse")[:16]
+        row.user_agent = meta.get("user_agent", "")[:1000]
+        row.client_ip = meta.get("client_ip", "")[:64]
+        row.status = "ended"
+        row.end_reason = reason
+        row.n_samples = int(meta.get("n_samples", 0))
+        started_ms = int(meta.get("started_ms", 0))
+        if started_ms:
+            row.started_at = dt.datetime.fromtimestamp(started_ms / 1000, dt.UTC)
+        row.ended_at = utcnow()
+        if meta.get("account"):
+            row.account_id = _account_id(s, site_id, meta["account"])
+        s.commit()
+
+
+async def end_session(
+    svc: Services, cfg: CollectorConfig, sid: str, reason: str, now: float
+) -> bool:
+    """End a session once: the caller that wins the lock writes the row and enqueues the job."""
+    redis = svc.redis
+    if not await store.claim_end(redis, sid, reason, cfg.caps.ttl_s):
+        return False
+    try:
+        meta = await store.read_meta(redis, sid)
+        await run_in_threadpool(record_page_session, svc.sessions, sid, meta, reason)
+    except Exception:
+        await store.release_end(redis, sid)  # nothing enqueued yet: let a later sweep retry
+        raise
+    await jobs.enqueue(redis, "mouse", {"session_id": sid})
+    await store.mark_ended(redis, sid, reason, now)
+    return True
+
+
+async def sweep_once(svc: Services, cfg: CollectorConfig, now: float) -> int:
+    """End every session closed beyond the grace period or idle too long; returns how many."""
+    ended = 0
+    for sid, reason in await store.due_sessions(svc.redis, now, cfg.grace_s, cfg.idle_s):
+        try:
+            ended += await end_session(svc, cfg, sid, reason, now)
+        except Exception:  # one broken session must not stop the sweep of the others
+            log.exception("could not end page session %s", sid)
+    return ended
+
+
+async def _sweep_forever(app: Starlette) -> None:
+    while True:
+        cfg = _config(app)
+        try:
+            await sweep_once(_services(app), cfg, time.time())
+        except Exception:  # the sweeper outlives a Redis hiccup; it logs and tries again
+            log.exception("session sweep failed")
+        await asyncio.sleep(cfg.sweep_every_s)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    """Runs the session sweeper for as long as the app runs."""
+    task = asyncio.create_task(_sweep_forever(app))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# --- endpoints ---------------------------------------------------------------------------
+
+
+def _close_reason(e: InvalidFrame) -> str:
+    return f"{e.code}: {e}".encode()[:120].decode("utf-8", "ignore")
+
+
+async def _receive(ws: WebSocket) -> bytes | None:
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        return None
+    data = message.get("bytes")
+    if data is None:
+        raise wire.fail("not_binary", "text messages are not part of the protocol")
+    return bytes(data)
+
+
+async def _serve_socket(ws: WebSocket, ingest: Ingest) -> None:
+    first = await _receive(ws)
+    if first is None:
+        return
+    await ingest.hello(first)
+    while (raw := await _receive(ws)) is not None:
+        frame = wire.decode_frame(raw)
+        await ingest.frame(frame)
+        await ws.send_bytes(wire.encode_ack(frame.seq))
+
+
+async def collect_socket(ws: WebSocket) -> None:
+    await ws.accept()
+    ingest = Ingest(ws.app, ws.headers, ws.client.host if ws.client else "", connection=True)
+    try:
+        await _serve_socket(ws, ingest)
+    except InvalidFrame as e:
+        await ws.close(code=e.close_code, reason=_close_reason(e))
+    except WebSocketDisconnect:
+        pass
+    except Exception:  # request boundary: log, tell the client to retry later
+        log.exception("collector socket failed")
+        with contextlib.suppress(Exception):
+            await ws.close(code=1011, reason="internal error")
+    finally:
+        with contextlib.suppress(Exception):
+            await ingest.finish()
+
+
+async def _read_body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > wire.MAX_BEACON_BYTES:
+        raise wire.fail("oversize", f"beacon of {length} bytes exceeds {wire.MAX_BEACON_BYTES}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > wire.MAX_BEACON_BYTES:
+            raise wire.fail("oversize", f"beacon exceeds {wire.MAX_BEACON_BYTES} bytes")
+    return bytes(body)
+
+
+async def collect_beacon(request: Request) -> Response:
+    """``POST /collect``: a hello then unacknowledged frames, as one binary body."""
+    cors = {"Access-Control-Allow-Origin": request.headers.get("origin", "*"), "Vary": "Origin"}
+    client = request.client.host if request.client else ""
+    try:
+        parts = wire.split_beacon(await _read_body(request))
+        frames = [wire.decode_frame(p) for p in parts[1:]]  # all valid, or nothing is stored
+        ingest = Ingest(request.app, request.headers, client, connection=False)
+        await ingest.hello(parts[0])
+        for frame in frames:
+            await ingest.frame(frame)
+    except InvalidFrame as e:
+        body = {"error": e.code, "detail": str(e), "close_code": e.close_code}
+        return JSONResponse(body, status_code=HTTP_STATUS.get(e.code, 400), headers=cors)
+    return Response(status_code=204, headers=cors)
+
+
+@dataclass(frozen=True)
+class _Snippet:
+    body: bytes
+    etag: str
+
+
+def _snippet() -> _Snippet:
+    body = SNIPPET_PATH.read_bytes()
+    return _Snippet(body=body, etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+
+
+async def snippet(request: Request) -> Response:
+    """``GET /c.js`` with an ETag and an hour of caching; 304 when the client has it."""
+    s = _snippet()
+    headers = {
+        "ETag": s.etag,
+        "Cache-Control": "public, max-age=3600",
+        "Access-Control-Allow-Origin": "*",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if request.headers.get("if-none-match") == s.etag:
+        return Response(status_code=304, headers=headers)
+    return Response(s.body, media_type="application/javascript; charset=utf-8", headers=headers)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/c.js", snippet),
+        Route("/collect", collect_beacon, methods=["POST"]),
+        WebSocketRoute("/collect", collect_socket),
+    ]

@@ -1,0 +1,136 @@
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from renderer.errors import InvalidFrame
+from server import wire
+
+ROOT = Path(__file__).resolve().parent.parent
+VECTORS = json.loads((ROOT / "collector_js" / "test-vectors.json").read_text())
+
+
+def _vectors(message: str) -> list[dict[str, Any]]:
+    return [v for v in VECTORS["valid"] if v["message"] == message]
+
+
+@pytest.mark.parametrize("vector", _vectors("hello"), ids=lambda v: v["input"]["sid"][:6])
+def test_hello_vectors_decode(vector: dict[str, Any]) -> None:
+    hello = wire.decode_hello(bytes.fromhex(vector["hex"]))
+    inp = vector["input"]
+    assert hello.session_id == inp["sid"]
+    assert hello.site_key == inp["site"]
+    assert hello.page_path == inp["path"]
+    assert hello.viewport == (inp["vw"], inp["vh"])
+    assert hello.dpr == inp["dpr"]
+    assert hello.pointer_type == wire.POINTER_TYPES[inp["pointer"]]
+    assert hello.account == inp["account"]
+    assert hello.started_ms == inp["started"]
+
+
+@pytest.mark.parametrize("vector", _vectors("frame"), ids=lambda v: str(v["input"]["seq"]))
+def test_frame_vectors_decode_and_encode(vector: dict[str, Any]) -> None:
+    raw = bytes.fromhex(vector["hex"])
+    frame = wire.decode_frame(raw)
+    want = vector["decoded"]
+    assert frame.seq == want["seq"]
+    assert [list(e) for e in frame.events] == want["events"]
+    assert [list(o) for o in frame.other] == want["other"]
+    assert (frame.t_last, frame.ended) == (want["t_last"], want["ended"])
+    inp = vector["input"]
+    assert wire.encode_frame(inp["seq"], inp["t0"], inp["x0"], inp["y0"], inp["records"]) == raw
+
+
+def test_frame_vector_semantics_checked_by_hand() -> None:
+    # seq 1 at t0=1234 from (640, 360): deltas (0,0,0) (80,3,-2) (81,-64,64) (200,1000,-1000)
+    frame = wire.decode_frame(bytes.fromhex(_vectors("frame")[1]["hex"]))
+    assert frame.events == [
+        (1234, 640, 360, 0),
+        (1314, 643, 358, 0),
+        (1395, 579, 422, 0),
+        (1595, 1579, -578, 0),
+    ]
+    codes = [e[3] for e in wire.decode_frame(bytes.fromhex(_vectors("frame")[2]["hex"])).events]
+    assert codes == [0, 0, 1, 2, 3, 4, 5, 6, 7, 0]
+
+
+def test_beacon_and_ack_vectors() -> None:
+    (beacon,) = _vectors("beacon")
+    parts = wire.split_beacon(bytes.fromhex(beacon["hex"]))
+    assert [p.hex() for p in parts] == beacon["input"]["messages"]
+    (ack,) = _vectors("ack")
+    assert wire.decode_ack(bytes.fromhex(ack["hex"])) == ack["input"]["seq"]
+    assert wire.encode_ack(ack["input"]["seq"]).hex() == ack["hex"]
+
+
+@pytest.mark.parametrize("vector", VECTORS["invalid"], ids=lambda v: v["name"])
+def test_invalid_vectors_fail_with_their_code(vector: dict[str, Any]) -> None:
+    decode = {"frame": wire.decode_frame, "hello": wire.decode_hello, "beacon": wire.split_beacon}
+    with pytest.raises(InvalidFrame) as err:
+        decode[vector["message"]](bytes.fromhex(vector["hex"]))
+    assert err.value.code == vector["code"]
+    assert err.value.close_code == wire.CLOSE_CODES[vector["code"]]
+
+
+def test_every_error_code_has_its_own_close_code_in_the_private_range() -> None:
+    for code, close in wire.CLOSE_CODES.items():
+        assert 4000 <= close < 5000 or close in (1003, 1009), code
+
+
+def test_oversize_frame_is_rejected_before_decoding() -> None:
+    with pytest.raises(InvalidFrame) as err:
+        wire.decode_frame(b"\x01\x02" + b"\x00" * wire.MAX_FRAME_BYTES)
+    assert (err.value.code, err.value.close_code) == ("oversize", 1009)
+
+
+def test_page_path_loses_any_query_string() -> None:
+    hello = wire.Hello("ab" * 16, "k", "/p?token=secret#x", (10, 10), 1.0, "mouse", "", 0)
+    assert wire.decode_hello(wire.encode_hello(hello)).page_path == "/p"
+
+
+def test_round_trip_of_many_moves_is_exact_and_compact() -> None:
+    samples = [(i * 80, 500 + (i * 7) % 13 - 6, 300 + (i * 5) % 11 - 5) for i in range(1000)]
+    raw = wire.encode_moves(7, samples)
+    frame = wire.decode_frame(raw)
+    assert [(t, x, y) for t, x, y, _ in frame.events] == samples
+    assert len(raw) / len(samples) < 3.1
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_crash_the_decoders(data: bytes) -> None:
+    for decode in (wire.decode_frame, wire.decode_hello, wire.split_beacon):
+        try:
+            decode(data)
+        except InvalidFrame as e:
+            assert e.code in wire.CLOSE_CODES
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=200))
+def test_random_frame_bodies_never_crash(body: bytes) -> None:
+    try:
+        frame = wire.decode_frame(b"\x01\x02" + body)
+    except InvalidFrame as e:
+        assert e.code in wire.CLOSE_CODES
+    else:
+        assert all(
+            abs(x) <= wire.MAX_COORD and abs(y) <= wire.MAX_COORD for _, x, y, _ in frame.events
+        )
+        assert [e[0] for e in frame.events] == sorted(e[0] for e in frame.events)
+
+
+def test_node_encoder_passes_the_same_vectors() -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    result = subprocess.run(
+        [node, "--test", "collector_js/"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "# fail 0" in result.stdout

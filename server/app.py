@@ -37,6 +37,8 @@ ROUTE_MODULES: list[str] = [
     "server.admin",
     "server.alerts",
     "server.accounts_api",
+    "server.pump_api",
+    "server.pump_views",
 ]
 
 # Background tasks tied to the server's life: "module:function" where

@@ -10,4 +10,5 @@ COMMAND_MODULES = [
     "server.commands.worker",
     "server.commands.analyst",
     "server.commands.alerts",
+    "server.commands.pump",
 ]

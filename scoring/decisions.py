@@ -18,26 +18,32 @@ answer for accounts without a model give the policy's default with a reason and 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import redis.asyncio as aioredis
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from renderer.errors import InvalidInput, NotFound
+from renderer.errors import InvalidInput, InvalidSession, NotFound
 from scoring import keys
 from scoring.alerting import device_label, on_flag
-from scoring.cases import open_case, record_event
-from scoring.policy import ActionPolicy, Policy
+from scoring.cases import as_utc, open_case, record_event
+from scoring.policy import ActionPolicy, Policy, parse_policy
 from scoring.schema import Account, Decision, PageSession, Site, utcnow
+from scoring.session_store import SessionData, unpack_events
 
 VISIT_WINDOW = dt.timedelta(minutes=30)
 """Page sessions of the same account and device started this recently belong to one visit."""
 MAX_VISIT_PAGES = 20
+MAX_LIVE_SCAN = 5000
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 # Reasons, as they appear in answers and in the audit rows.
@@ -167,19 +173,19 @@ class Visit:
     account: Account | None
     subject_session: str | None
     meta: dict[str, dict[str, str]] = field(default_factory=dict)
+    external_account: str | None = None
+
+
+def _text(v: Any) -> str:
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
 def _decode(raw: dict[Any, Any]) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else str(k)): (
-            v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-        )
-        for k, v in raw.items()
-    }
+    return {_text(k): _text(v) for k, v in raw.items()}
 
 
 async def session_meta(redis: aioredis.Redis, sid: str) -> dict[str, str]:
-    raw = await redis.hgetall(keys.session_meta(sid))  # type: ignore[misc]
+    raw = await redis.hgetall(keys.session_meta(sid))
     return _decode(raw)
 
 
@@ -189,25 +195,71 @@ def find_account(session: Session, site: Site, external_id: str) -> Account | No
     ).first()
 
 
-def sibling_sessions(
-    session: Session, site: Site, account: Account, like: dict[str, str] | None, now: dt.datetime
-) -> list[str]:
-    """Recent page sessions of ``account`` on the same device as ``like`` (or its latest one)."""
-    rows = session.scalars(
-        select(PageSession)
+@dataclass(frozen=True)
+class Page:
+    """A candidate page of a visit: where it came from does not matter, only who and when."""
+
+    sid: str
+    user_agent: str
+    client_ip: str
+    seen: float
+
+
+async def live_pages(redis: aioredis.Redis, site: Site, external: str, since: float) -> list[Page]:
+    """Live page sessions of ``external`` on ``site`` active since ``since`` (unix s).
+
+    The collector keeps every live session in ``keys.LIVE_SESSIONS`` (score: last activity);
+    there is no per-account index, so this reads the recent ones' site and account fields in
+    one round trip (``MAX_LIVE_SCAN`` at most)."""
+    raw: list[Any] = await redis.zrevrangebyscore(
+        keys.LIVE_SESSIONS, "+inf", since, start=0, num=MAX_LIVE_SCAN, withscores=True
+    )
+    if not raw:
+        return []
+    fields = ["site_id", "account", "user_agent", "client_ip"]
+    async with redis.pipeline(transaction=False) as pipe:
+        for sid, _seen in raw:
+            pipe.hmget(keys.session_meta(_text(sid)), fields)
+        metas = await pipe.execute()
+    pages = []
+    for (sid, seen), values in zip(raw, metas, strict=True):
+        site_id, account, ua, ip = (_text(v) if v is not None else None for v in values)
+        if site_id == str(site.id) and account == external:
+            pages.append(Page(_text(sid), ua or "", ip or "", float(seen)))
+    return pages
+
+
+def ended_pages(session: Session, site: Site, account: Account | None, since: float) -> list[Page]:
+    """Ended page sessions of ``account`` on ``site`` that started after ``since``."""
+    if account is None:
+        return []
+    rows = session.execute(
+        select(
+            PageSession.id, PageSession.user_agent, PageSession.client_ip, PageSession.started_at
+        )
         .where(
             PageSession.site_id == site.id,
             PageSession.account_id == account.id,
-            PageSession.started_at >= now - VISIT_WINDOW,
+            PageSession.started_at >= dt.datetime.fromtimestamp(since, dt.UTC),
         )
         .order_by(PageSession.started_at.desc())
         .limit(MAX_VISIT_PAGES)
     ).all()
-    if not rows:
+    return [Page(r[0], r[1], r[2], as_utc(r[3]).timestamp()) for r in rows]
+
+
+def same_device(pages: list[Page], like: dict[str, str] | None) -> list[str]:
+    """The pages of the device ``like`` describes (or of the most recent page), newest first."""
+    if not pages:
         return []
-    ua = like.get("user_agent", "") if like else rows[0].user_agent
-    ip = like.get("client_ip", "") if like else rows[0].client_ip
-    return [r.id for r in rows if r.user_agent == ua and r.client_ip == ip]
+    ordered = sorted(pages, key=lambda p: p.seen, reverse=True)
+    ua = like.get("user_agent", "") if like else ordered[0].user_agent
+    ip = like.get("client_ip", "") if like else ordered[0].client_ip
+    out: list[str] = []
+    for p in ordered:
+        if p.user_agent == ua and p.client_ip == ip and p.sid not in out:
+            out.append(p.sid)
+    return out[:MAX_VISIT_PAGES]
 
 
 async def resolve_visit(
@@ -217,32 +269,39 @@ async def resolve_visit(
     req: DecisionRequest,
     now: dt.datetime | None = None,
 ) -> Visit:
-    """The visit a request is about. NotFound for an unknown session or account, or one that
-    belongs to another site (the same answer, so ids of other sites cannot be probed);
-    InvalidInput ``account_mismatch`` when both are given and disagree."""
-    now = now or utcnow()
+    """The visit a request is about: the page sessions of the same account on the same device
+    in the last :data:`VISIT_WINDOW`, live or ended, newest first (the asked-for one first).
+
+    NotFound for an unknown session or account, or one of another site (the same answer, so
+    ids of other sites cannot be probed); InvalidInput ``account_mismatch`` when both are given
+    and the session is another account's."""
+    since = (now or utcnow()).timestamp() - VISIT_WINDOW.total_seconds()
     like: dict[str, str] | None = None
     external = req.account
     if req.session_id is not None:
         like = await session_meta(redis, req.session_id)
         if not like or like.get("site_id") != str(site.id):
-            raise NotFound(f"no live page session {req.session_id!r} for this site")
+            raise NotFound(f"no page session {req.session_id!r} for this site")
         in_session = like.get("account") or None
         if external is not None and in_session != external:
             raise InvalidInput("the session belongs to another account", "account_mismatch")
         external = in_session
     account = find_account(db, site, external) if external is not None else None
-    if account is None and req.session_id is None:
+    pages: list[Page] = []
+    if external is not None:
+        pages = await live_pages(redis, site, external, since)
+        pages += ended_pages(db, site, account, since)
+    if req.session_id is None and account is None and not pages:
         raise NotFound("no account with this id for this site")
-    ids = sibling_sessions(db, site, account, like, now) if account is not None else []
+    ids = same_device(pages, like)
     if req.session_id is not None:
         ids = [req.session_id, *(i for i in ids if i != req.session_id)]
-    metas = {} if like is None else {req.session_id or "": like}
     return Visit(
         session_ids=ids,
         account=account,
         subject_session=ids[0] if ids else None,
-        meta=metas,
+        meta={req.session_id: like} if req.session_id and like else {},
+        external_account=external,
     )
 
 
@@ -320,3 +379,173 @@ def record(
     row.details = {**details, "case_id": case_id}
     db.flush()
     return Recorded(decision_id=row.id, case_id=case_id)
+
+
+# --- scoring the visit so far -----------------------------------------------------------------
+
+
+class LiveScorer(Protocol):
+    """Scores one page session's events on demand: (risk in [0, 1], windows scored)."""
+
+    def score_events(self, events: np.ndarray, viewport: tuple[int, int]) -> tuple[float, int]: ...
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model that judges an account: its own (``account``), the ``group`` one, or ``none``."""
+
+    kind: str
+    version: str | None = None
+    scorer: LiveScorer | None = None
+
+
+ModelChooser = Callable[[int | None], ModelChoice]
+"""account row id (or None) → the model to use; may load a checkpoint, so it runs in a thread."""
+
+
+@dataclass
+class DecisionContext:
+    redis: aioredis.Redis
+    sessions: sessionmaker[Session]
+    choose_model: ModelChooser
+    scoring_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    """Concurrent scorings: more than the cores only makes every answer slower."""
+
+
+@dataclass
+class Answer:
+    decision: str
+    score: float | None
+    threshold: float | None
+    model_version: str | None
+    reasons: list[str]
+    samples_used: int
+    decision_id: int
+    case_id: int | None
+    session_ids: list[str]
+
+    def as_json(self, action: str) -> dict[str, Any]:
+        return {
+            "decision": self.decision,
+            "score": self.score,
+            "threshold": self.threshold,
+            "model_version": self.model_version,
+            "reasons": self.reasons,
+            "samples_used": self.samples_used,
+            "action": action,
+            "decision_id": self.decision_id,
+            "sessions": self.session_ids,
+        }
+
+
+async def snapshot(redis: aioredis.Redis, sid: str) -> SessionData | None:
+    """Meta and every buffered event of a page session as of one instant (MULTI/EXEC), so the
+    samples scored are exactly those in Redis at that moment; None when it is gone."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hgetall(keys.session_meta(sid))
+        pipe.xrange(keys.session_samples(sid))
+        raw_meta, entries = await pipe.execute()
+    if not raw_meta:
+        return None
+    meta = _decode(raw_meta)
+    events = unpack_events(b"".join(fields[b"e"] for _id, fields in entries))
+    viewport = (int(meta.get("viewport_w") or 0), int(meta.get("viewport_h") or 0))
+    return SessionData(meta=meta, viewport=viewport, events=events)
+
+
+async def gather(redis: aioredis.Redis, visit: Visit) -> dict[str, SessionData]:
+    """The visit's page sessions still buffered in Redis, by id, in the visit's order."""
+    pages: dict[str, SessionData] = {}
+    for sid in visit.session_ids:
+        data = await snapshot(redis, sid)
+        if data is not None:
+            pages[sid] = data
+            visit.meta[sid] = data.meta
+    return pages
+
+
+def _score_page(scorer: LiveScorer, data: SessionData) -> tuple[float | None, int]:
+    try:
+        score, windows = scorer.score_events(data.events, data.viewport)
+    except InvalidSession:  # nothing usable in this page (e.g. clicks only): no evidence
+        return None, 0
+    return float(score), int(windows)
+
+
+async def _score_pages(
+    ctx: DecisionContext, scorer: LiveScorer, pages: dict[str, SessionData]
+) -> dict[str, tuple[float | None, int]]:
+    async with ctx.scoring_slots:
+        return {
+            sid: await asyncio.to_thread(_score_page, scorer, data) for sid, data in pages.items()
+        }
+
+
+def _model_for(policy: Policy, choice: ModelChoice, has_account: bool) -> str:
+    if choice.kind == "group" and has_account and policy.not_enrolled != "group":
+        return "not_enrolled"
+    return choice.kind
+
+
+async def evaluate(
+    ctx: DecisionContext, site: Site, req: DecisionRequest, now: dt.datetime | None = None
+) -> Answer:
+    """Decide ``req`` for ``site`` from the visit's samples so far, and record the decision."""
+    started = time.perf_counter()
+    policy = parse_policy(site.policy)
+    with ctx.sessions() as db:
+        visit = await resolve_visit(ctx.redis, db, site, req, now)
+    pages = await gather(ctx.redis, visit)
+    samples = sum(len(p.events) for p in pages.values())
+    account_id = visit.account.id if visit.account is not None else None
+    choice = await asyncio.to_thread(ctx.choose_model, account_id)
+    has_account = visit.external_account is not None
+    model = _model_for(policy, choice, has_account)
+    per_page: dict[str, tuple[float | None, int]] = {}
+    if (
+        model in ("account", "group")
+        and choice.scorer is not None
+        and samples >= policy.min_samples
+    ):
+        per_page = await _score_pages(ctx, choice.scorer, pages)
+    score, windows = aggregate(list(per_page.values()))
+    evidence = Evidence(samples, windows, score, model, choice.version, has_account)
+    verdict = decide(policy, req.action, evidence)
+    details = {
+        "sessions": {sid: len(p.events) for sid, p in pages.items()},
+        "page_scores": {sid: s for sid, (s, _n) in per_page.items()},
+        "windows": windows,
+        "model": model,
+        "thresholds": dataclasses.asdict(policy.for_action(req.action)),
+        "scoring_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+
+    def store() -> Recorded:
+        with ctx.sessions() as db:
+            site_row = db.get(Site, site.id)
+            if site_row is None:
+                raise NotFound("the site was deleted while deciding")
+            recorded = record(
+                db,
+                site=site_row,
+                req=req,
+                visit=visit,
+                verdict=verdict,
+                evidence=evidence,
+                details=details,
+            )
+            db.commit()
+            return recorded
+
+    recorded = await asyncio.to_thread(store)
+    return Answer(
+        decision=verdict.decision,
+        score=verdict.score,
+        threshold=verdict.threshold,
+        model_version=choice.version if verdict.score is not None else None,
+        reasons=verdict.reasons,
+        samples_used=samples,
+        decision_id=recorded.decision_id,
+        case_id=recorded.case_id,
+        session_ids=list(pages),
+    )

@@ -10,7 +10,8 @@ Scores are risks in ``[0, 1]``: the higher, the less the movement looks like the
 ``deny_at`` denies, at or above ``review_at`` asks for a review, below it allows.
 
 The burst limit is a token bucket per site in Redis (:func:`admit`): ``burst`` requests at once,
-refilled at ``per_second``.
+refilled at ``per_second``. Admins change a policy with :func:`change_policy`, which stores the
+full validated form and appends a ``PolicyChange`` row (who, why, before, after).
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from renderer.errors import InvalidInput
 from scoring import keys
+from scoring.schema import PolicyChange, Site
 
 DECISIONS = ("allow", "review", "deny")
 NOT_ENROLLED_CHOICES = ("group", *DECISIONS)
@@ -216,3 +220,34 @@ async def admit(redis: aioredis.Redis, site_id: int, limit: RateLimit, now_ms: i
         _BUCKET, 1, keys.decision_rate(site_id), limit.per_second, limit.burst, now_ms
     )
     return 0.0 if int(allowed) else max(int(wait_ms), 1) / 1000.0
+
+
+def change_policy(
+    db: Session, site: Site, new: Mapping[str, Any], *, actor: str, reason: str
+) -> PolicyChange:
+    """Validate ``new`` (merged over the defaults), store its full form, audit the change.
+
+    The caller commits. InvalidInput when the policy is malformed or no reason is given."""
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput("say why the policy changes", "missing_reason")
+    after = policy_to_json(parse_policy(new))
+    before = policy_to_json(parse_policy(site.policy))
+    change = PolicyChange(
+        site_id=site.id, actor=actor[:320], before=before, after=after, reason=reason[:4000]
+    )
+    site.policy = after
+    db.add(change)
+    db.flush()
+    return change
+
+
+def policy_history(db: Session, site: Site, limit: int = 50) -> list[PolicyChange]:
+    return list(
+        db.scalars(
+            select(PolicyChange)
+            .where(PolicyChange.site_id == site.id)
+            .order_by(PolicyChange.id.desc())
+            .limit(limit)
+        )
+    )

@@ -1,5 +1,6 @@
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -147,9 +148,11 @@ def _page(db: Session, sid: str, site_id: int, account: Account | None, **kw: An
     return row
 
 
-async def _meta(redis_url: str, sid: str, **fields: Any) -> None:
+async def _live(redis_url: str, sid: str, **fields: Any) -> None:
+    """A live page session as the collector leaves it: meta hash + the live-sessions set."""
     redis = aioredis.Redis.from_url(redis_url)
     await redis.hset(keys.session_meta(sid), mapping={k: str(v) for k, v in fields.items()})  # type: ignore[misc]
+    await redis.zadd(keys.LIVE_SESSIONS, {sid: time.time()})
     await redis.aclose()
 
 
@@ -164,51 +167,47 @@ def _resolve(redis_url: str, db: Session, site: Any, req: DecisionRequest) -> Vi
     return asyncio.run(run())
 
 
-def test_a_visit_is_the_sessions_of_the_same_account_and_device(
-    db: Session, redis_url: str
-) -> None:
+UA = "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0"
+
+
+def test_a_visit_is_the_pages_of_the_same_account_and_device(db: Session, redis_url: str) -> None:
     shop = create_site(db, "Shop", ["https://shop.example"]).site
     other = create_site(db, "Other", ["https://other.example"]).site
     alice = Account(site_id=shop.id, external_id="alice")
     db.add(alice)
     db.flush()
-    ua = "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0"
-    old = utcnow() - dt.timedelta(hours=2)
-    _page(db, "page-old-0001", shop.id, alice, started=old)
-    _page(db, "page-home-001", shop.id, alice, started=utcnow() - dt.timedelta(minutes=3))
+    minutes = lambda m: utcnow() - dt.timedelta(minutes=m)  # noqa: E731
+    _page(db, "page-old-0001", shop.id, alice, started=minutes(120))
+    _page(db, "page-home-001", shop.id, alice, started=minutes(3))
     _page(
         db,
         "page-phone-01",
         shop.id,
         alice,
         ua="Mozilla/5.0 (iPhone) Safari/605",
-        started=utcnow() - dt.timedelta(minutes=1),
+        started=minutes(5),
     )
-    _page(db, "page-cart-001", shop.id, alice)
     db.commit()
-    asyncio.run(
-        _meta(
-            redis_url,
-            "page-cart-001",
-            site_id=shop.id,
-            account="alice",
-            user_agent=ua,
-            client_ip="10.0.0.1",
-        )
-    )
+    live = {"account": "alice", "user_agent": UA, "client_ip": "10.0.0.1"}
+    asyncio.run(_live(redis_url, "page-cart-001", site_id=shop.id, **live))
+    asyncio.run(_live(redis_url, "page-other-01", site_id=other.id, **live))
+    asyncio.run(_live(redis_url, "page-bob-0001", site_id=shop.id, **{**live, "account": "bob"}))
 
     by_session = _resolve(redis_url, db, shop, DecisionRequest("checkout", "page-cart-001"))
     assert by_session.session_ids == ["page-cart-001", "page-home-001"]
     assert by_session.account is not None and by_session.account.id == alice.id
     by_account = _resolve(redis_url, db, shop, DecisionRequest("checkout", None, "alice"))
     assert by_account.session_ids == ["page-cart-001", "page-home-001"]
+    # an account seen only in a live page so far (no row yet) is found too
+    bob = _resolve(redis_url, db, shop, DecisionRequest("login", None, "bob"))
+    assert (bob.session_ids, bob.account, bob.external_account) == (["page-bob-0001"], None, "bob")
 
     with pytest.raises(NotFound):
         _resolve(redis_url, db, shop, DecisionRequest("checkout", "page-unknown-1"))
     with pytest.raises(NotFound):  # another site's session reads as unknown
         _resolve(redis_url, db, other, DecisionRequest("checkout", "page-cart-001"))
     with pytest.raises(NotFound):  # another site's account reads as unknown
-        _resolve(redis_url, db, other, DecisionRequest("checkout", None, "alice"))
+        _resolve(redis_url, db, other, DecisionRequest("checkout", None, "bob"))
     with pytest.raises(InvalidInput) as info:
         _resolve(redis_url, db, shop, DecisionRequest("checkout", "page-cart-001", "bob"))
     assert info.value.code == "account_mismatch"

@@ -1,0 +1,111 @@
+"""``POST /api/v1/decisions``: a site's back end asks, mid-visit, whether to let an action through.
+
+Request (site-secret authenticated, ``Authorization: Bearer <site_key>.<site_secret>``)::
+
+    {"session_id": "<page session id from the snippet>" | "account_id": "<site's own id>",
+     "action": "login" | "checkout" | "change_password" | …}
+
+Answer 200::
+
+    {"decision": "allow" | "review" | "deny", "score": 0.42 | null, "threshold": 0.5 | null,
+     "model_version": "…" | null, "reasons": [...], "samples_used": 5120, "action": "checkout",
+     "decision_id": 17, "sessions": ["…"]}
+
+Errors are JSON ``{"error": code, "message": …}``: 400 malformed body, 401 wrong or missing
+site secret, 403 the session belongs to another account, 404 unknown (or another site's)
+session or account, 429 burst limit (``Retry-After``), 503 Redis or database down.
+The logic lives in :mod:`scoring.decisions`; this module is the HTTP layer only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from renderer.errors import AccessDenied, InvalidInput, NotFound, RateLimited, StoreUnavailable
+from scoring.decisions import DecisionContext, evaluate, parse_request
+from scoring.policy import admit, parse_policy
+from scoring.schema import Site
+from server.app import Services, services
+from server.siteauth import authenticate_site
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 4096
+FORBIDDEN_CODES = frozenset({"account_mismatch"})
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def decision_context(request: Request) -> DecisionContext:
+    """One context per application, built on first use (it holds the loaded models)."""
+    ctx: DecisionContext | None = getattr(request.app.state, "decisions", None)
+    if ctx is None:
+        ctx = build_context(services(request))
+        request.app.state.decisions = ctx
+    return ctx
+
+
+def build_context(svc: Services) -> DecisionContext:
+    from scoring.decisions import mouse_model_chooser
+
+    chooser = mouse_model_chooser(svc.sessions, svc.settings.model_dir, svc.settings.device)
+    return DecisionContext(redis=svc.redis, sessions=svc.sessions, choose_model=chooser)
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise InvalidInput(f"the body is larger than {MAX_BODY} bytes", "body_too_large")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"the body is not JSON: {e}", "bad_json") from e
+
+
+async def _site_and_limit(request: Request) -> Site:
+    svc = services(request)
+    with svc.sessions() as db:
+        site = authenticate_site(request, db)
+    policy = parse_policy(site.policy)
+    wait = await admit(svc.redis, site.id, policy.rate_limit, int(time.time() * 1000))
+    if wait > 0:
+        raise RateLimited("too many decision requests for this site", retry_after=wait)
+    return site
+
+
+async def create_decision(request: Request) -> JSONResponse:
+    try:
+        site = await _site_and_limit(request)
+        req = parse_request(await _body(request))
+        answer = await evaluate(decision_context(request), site, req)
+    except AccessDenied as e:
+        return _error(401, "unauthorized", str(e), **{"WWW-Authenticate": "Bearer"})
+    except RateLimited as e:
+        retry = str(max(1, int(e.retry_after + 0.999)))
+        return _error(429, "rate_limited", str(e), **{"Retry-After": retry})
+    except NotFound as e:
+        return _error(404, "not_found", str(e))
+    except InvalidInput as e:
+        return _error(403 if e.code in FORBIDDEN_CODES else 400, e.code, str(e))
+    except (StoreUnavailable, RedisError, SQLAlchemyError) as e:
+        log.exception("decision request failed: store unavailable")
+        return _error(503, "store_unavailable", f"{e.__class__.__name__}: try again")
+    except Exception:  # the request boundary: log it, answer a clean 500
+        log.exception("decision request failed")
+        return _error(500, "internal_error", "the decision could not be made")
+    return JSONResponse(answer.as_json(req.action))
+
+
+def routes() -> list[BaseRoute]:
+    return [Route("/api/v1/decisions", create_decision, methods=["POST"])]

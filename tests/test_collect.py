@@ -212,7 +212,7 @@ def test_caps_on_total_and_rate(quick: tuple, redis_client: redis.Redis) -> None
     )
     assert code == 4010
     assert redis_client.hget(keys.session_meta(sid), "n_samples") == b"30"
-    # 600 samples claimed within 0.1 s of session time: far above 1000/s
+    # 3,000 samples within 0.3 s of session time: far above 1,000 per second
     app.state.collector_config = replace(QUIET, caps=store.Caps(max_rate_hz=1000))
     dense = [(i, 10, 10 + i % 3) for i in range(3000)]
     code, reason = _rejected(client, [_hello(_sid(), key), wire.encode_moves(0, dense)])
@@ -254,7 +254,7 @@ def test_a_session_id_cannot_be_taken_over_by_another_site(
 
 
 def test_text_messages_are_refused(quick: tuple) -> None:
-    client, key, _app = quick
+    client, _key, _app = quick
     with client.websocket_connect("/collect", headers={"origin": ORIGIN}) as ws:
         ws.send_text("hello")
         with pytest.raises(WebSocketDisconnect) as err:

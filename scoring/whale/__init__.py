@@ -1,0 +1,1 @@
+"""The whale song detector: audio decoding, synthetic data, model, training and detection."""

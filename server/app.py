@@ -39,6 +39,8 @@ ROUTE_MODULES: list[str] = [
     "server.accounts_api",
     "server.pump_api",
     "server.pump_views",
+    "server.whale_api",
+    "server.whale_views",
 ]
 
 # Background tasks tied to the server's life: "module:function" where

@@ -11,4 +11,5 @@ COMMAND_MODULES = [
     "server.commands.analyst",
     "server.commands.alerts",
     "server.commands.pump",
+    "server.commands.whale",
 ]

@@ -71,7 +71,9 @@ def _check_range(name: str, values: np.ndarray, card_id: str) -> None:
     span = float(values.max() - values.min())
     scale = max(float(np.abs(values).max()), 1e-300)
     if span <= 0 or span / scale < MIN_RELATIVE_RANGE:
-        raise InvalidCard(f"card {card_id}: {name} has zero range (all {values[0]:g})", "zero_range")
+        raise InvalidCard(
+            f"card {card_id}: {name} has zero range (all {values[0]:g})", "zero_range"
+        )
 
 
 def _check_closed(position: np.ndarray, load: np.ndarray, card_id: str) -> None:
@@ -143,9 +145,7 @@ def from_json(obj: Any, *, well_id: str = "", kind: str = "surface") -> Card:
     elif isinstance(obj.get("position"), list) and isinstance(obj.get("load"), list):
         position, load = obj["position"], obj["load"]
     else:
-        raise InvalidCard(
-            f"card {card_id}: give points, or position and load lists", "bad_json"
-        )
+        raise InvalidCard(f"card {card_id}: give points, or position and load lists", "bad_json")
     if any(isinstance(v, bool) or not isinstance(v, int | float) for v in [*position, *load]):
         raise InvalidCard(f"card {card_id}: points must be numbers", "not_numeric")
     return validate(
@@ -216,9 +216,7 @@ def _two_column_indices(header: list[str]) -> tuple[int, int] | None:
     return None
 
 
-def _parse_long(
-    header: list[str], body: list[list[str]], *, well_id: str, kind: str
-) -> list[Card]:
+def _parse_long(header: list[str], body: list[list[str]], *, well_id: str, kind: str) -> list[Card]:
     col = {name: header.index(name) for name in header}
     groups: dict[str, dict[str, Any]] = {}
     for i, row in enumerate(body, start=2):

@@ -52,7 +52,9 @@ class Classifier:
             "card_id": card_id,
             "mode": self.classes[best],
             "confidence": round(float(probs[best]), 6),
-            "probabilities": {c: round(float(p), 6) for c, p in zip(self.classes, probs, strict=True)},
+            "probabilities": {
+                c: round(float(p), 6) for c, p in zip(self.classes, probs, strict=True)
+            },
         }
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
     f1_score,
@@ -27,9 +27,11 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> d
         y_true, y_pred, labels=labels, zero_division=0
     )
     return {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
+        ),
         "per_class": {
             c: {
                 "precision": float(p[i]),

@@ -43,8 +43,8 @@ def build(arch: str, n_classes: int, pretrained: str = "none") -> nn.Module:
     model: nn.Module = getattr(models, arch)(weights=None, num_classes=n_classes)
     if arch.startswith("vgg"):
         # 64-px inputs leave a 2×2 map: pool it to 1×1 instead of blowing it up to 7×7
-        model.avgpool = nn.AdaptiveAvgPool2d(1)  # type: ignore[assignment]
-        model.classifier = nn.Sequential(  # type: ignore[assignment]
+        model.avgpool = nn.AdaptiveAvgPool2d(1)
+        model.classifier = nn.Sequential(
             nn.Dropout(0.3), nn.Linear(512, n_classes)
         )
     state = pretrained_state_dict(arch, pretrained)

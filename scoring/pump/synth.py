@@ -7,7 +7,8 @@ Each card is built in physical units and then handed over in random instrument u
    failure mode (shapes and parameter ranges from ``shared/domain/pump.md``), in units of the
    fluid load ``Fo``.
 2. **Surface card** (polished rod): buoyant rod weight ``W_r`` is added, the position is sheared
-   by rod stretch (``x_s = x_p + F / k``, ``k = E A_r / L``), rod inertia and Coulomb friction
+   by rod stretch (``x_s = x_p + F / k``, the stiffness ``k`` such that the stretch under
+   ``Fo`` is 3–30 % of the stroke), rod inertia and Coulomb friction
    are added, and the rod string rings at its quarter-wave frequency ``a / 4L`` after every
    change of pump load: ``dF/dt`` convolved (circularly, the card is periodic) with a damped
    sine, damping ``c`` 0.05–0.5 s⁻¹ as in Gibbs' damped wave equation.
@@ -275,7 +276,9 @@ def _downhole(
     """Plunger position (m) and pump load (kN)."""
     shape = SHAPES[mode](rng, s)
     load = well.fluid_load_kn * shape
-    plunger_stroke = max(well.stroke_m - well.fluid_load_kn / well.stiffness_kn_per_m, 0.3 * well.stroke_m)
+    plunger_stroke = max(
+        well.stroke_m - well.fluid_load_kn / well.stiffness_kn_per_m, 0.3 * well.stroke_m
+    )
     if mode == "stuck_plunger":
         plunger_stroke = well.stroke_m * rng.uniform(0.0, 0.08)
         load = well.stiffness_kn_per_m * well.stroke_m * s.x * rng.uniform(0.5, 0.9)
@@ -289,10 +292,10 @@ def _surface(
     """Polished-rod position (m) and load (kN) over the same cycle."""
     omega = 2 * np.pi * well.spm / 60
     mass_t = well.rod_weight_kn / G  # tonnes, so mass × m/s² is kN
-    inertia = rng.uniform(0.3, 1.0) * mass_t * omega**2 * well.stroke_m / 2
-    inertia = inertia * np.cos(2 * np.pi * s.phase)
-    friction = rng.uniform(0.0, 0.03) * well.fluid_load_kn * np.tanh(
-        np.sin(2 * np.pi * s.phase) / 0.1
+    peak = rng.uniform(0.3, 1.0) * mass_t * omega**2 * well.stroke_m / 2
+    inertia = peak * np.cos(2 * np.pi * s.phase)
+    friction = (
+        rng.uniform(0.0, 0.03) * well.fluid_load_kn * np.tanh(np.sin(2 * np.pi * s.phase) / 0.1)
     )
     ringing = _ring(np.diff(load, append=load[0]), well, rng.uniform(0.1, 0.35))
     polished = well.rod_weight_kn + load + inertia + friction + ringing
@@ -306,7 +309,7 @@ def _instrument(
     """Noise, quantisation, units and offsets of the measuring instrument."""
     span_x, span_y = np.ptp(position), np.ptp(load)
     position = position + rng.normal(0, rng.uniform(0.001, 0.005) * span_x, position.size)
-    load = load + rng.normal(0, rng.uniform(0.01, 0.03) * span_y, load.size)
+    load = load + _noise(rng, load.size, rng.uniform(0.01, 0.03) * span_y)
     x_unit = POSITION_UNITS[str(rng.choice(list(POSITION_UNITS)))]
     y_unit = LOAD_UNITS[str(rng.choice(list(LOAD_UNITS)))]
     position = (position - position.min()) * x_unit + rng.choice([0.0, 1.0]) * rng.uniform(
@@ -317,6 +320,19 @@ def _instrument(
         position = _quantise(position, np.ptp(position) / rng.uniform(150, 1000))
         load = _quantise(load, np.ptp(load) / rng.uniform(150, 1000))
     return position, load
+
+
+def _noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
+    """Noise of standard deviation ``sigma``: partly white, partly smooth wiggles (load cells
+    and their filters pass vibration of a few per cent of the cycle)."""
+    white = rng.uniform(0.15, 0.6)
+    width = rng.uniform(0.004, 0.02) * n
+    freq = np.fft.fftfreq(n)
+    smooth = np.real(
+        np.fft.ifft(np.fft.fft(rng.normal(0, 1, n)) * np.exp(-0.5 * (2 * np.pi * freq * width) ** 2))
+    )
+    smooth = smooth / max(float(smooth.std()), 1e-12)
+    return sigma * (np.sqrt(white) * rng.normal(0, 1, n) + np.sqrt(1 - white) * smooth)
 
 
 def _quantise(values: np.ndarray, step: float) -> np.ndarray:
@@ -354,9 +370,7 @@ def synth_card(
     )
 
 
-def class_counts(
-    n: int, modes: Sequence[str] = MODES, imbalance: bool = False
-) -> dict[str, int]:
+def class_counts(n: int, modes: Sequence[str] = MODES, imbalance: bool = False) -> dict[str, int]:
     """How many cards of each mode: balanced, or in the field's realistic proportions."""
     weights = np.array([REALISTIC_WEIGHTS[m] if imbalance else 1.0 for m in modes], dtype=float)
     raw = weights / weights.sum() * n

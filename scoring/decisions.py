@@ -22,9 +22,11 @@ import asyncio
 import dataclasses
 import datetime as dt
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -98,8 +100,9 @@ class Evidence:
     """What the scorer made of the visit so far.
 
     ``model`` is ``account`` (the account's own model), ``group`` (the group model), ``none``
-    (no trained model at all) or ``not_enrolled`` (the account has no model and the site's
-    policy answers such accounts without the group model).
+    (no trained model at all), ``not_enrolled`` (the account has no model and the site's
+    policy answers such accounts without the group model) or ``unscored`` (too few samples
+    to consult any model).
     """
 
     samples: int
@@ -136,14 +139,16 @@ def threshold_verdict(score: float, thresholds: ActionPolicy) -> Verdict:
 
 def decide(policy: Policy, action: str, ev: Evidence) -> Verdict:
     """The answer for ``action`` given the evidence; never a score the model did not give."""
+    insufficient = Verdict(policy.insufficient_data, None, None, [INSUFFICIENT_DATA])
+    if ev.samples < policy.min_samples:
+        return insufficient
     if ev.model == "not_enrolled":
         return Verdict(policy.not_enrolled, None, None, [NOT_ENROLLED])
     if ev.model == "none":
         extra = [NOT_ENROLLED] if ev.has_account else []
         return Verdict(policy.no_model, None, None, [NO_MODEL, *extra])
-    enough = ev.samples >= policy.min_samples and ev.windows >= max(1, policy.min_windows)
-    if not enough or ev.score is None:
-        return Verdict(policy.insufficient_data, None, None, [INSUFFICIENT_DATA])
+    if ev.windows < max(1, policy.min_windows) or ev.score is None:
+        return insufficient
     verdict = threshold_verdict(ev.score, policy.for_action(action))
     return Verdict(
         verdict.decision,
@@ -498,16 +503,14 @@ async def evaluate(
     pages = await gather(ctx.redis, visit)
     samples = sum(len(p.events) for p in pages.values())
     account_id = visit.account.id if visit.account is not None else None
-    choice = await asyncio.to_thread(ctx.choose_model, account_id)
     has_account = visit.external_account is not None
-    model = _model_for(policy, choice, has_account)
+    choice, model = ModelChoice("unscored"), "unscored"  # too little movement: no model needed
     per_page: dict[str, tuple[float | None, int]] = {}
-    if (
-        model in ("account", "group")
-        and choice.scorer is not None
-        and samples >= policy.min_samples
-    ):
-        per_page = await _score_pages(ctx, choice.scorer, pages)
+    if samples >= policy.min_samples:
+        choice = await asyncio.to_thread(ctx.choose_model, account_id)
+        model = _model_for(policy, choice, has_account)
+        if model in ("account", "group") and choice.scorer is not None:
+            per_page = await _score_pages(ctx, choice.scorer, pages)
     score, windows = aggregate(list(per_page.values()))
     evidence = Evidence(samples, windows, score, model, choice.version, has_account)
     verdict = decide(policy, req.action, evidence)
@@ -549,3 +552,25 @@ async def evaluate(
         case_id=recorded.case_id,
         session_ids=list(pages),
     )
+
+
+def mouse_model_chooser(
+    sessions: sessionmaker[Session], model_dir: Path, device: str = "cpu"
+) -> ModelChooser:
+    """The mouse area's live scorer as a :data:`ModelChooser`, loaded on first use."""
+    loaded: list[Any] = []
+    lock = threading.Lock()
+
+    def scorer() -> Any:
+        with lock:
+            if not loaded:
+                # torch and checkpoints: only once a decision needs a model
+                from scoring.mouse.inference import MouseScorer
+
+                loaded.append(MouseScorer(sessions, model_dir, device))
+            return loaded[0]
+
+    def choose(account_id: int | None) -> ModelChoice:
+        raise NotImplementedError(scorer())
+
+    return choose

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from renderer.errors import AccessDenied, InvalidInput, NotFound, RateLimited, StoreUnavailable
-from scoring.decisions import DecisionContext, evaluate, parse_request
+from scoring.decisions import DecisionContext, evaluate, mouse_model_chooser, parse_request
 from scoring.policy import admit, parse_policy
 from scoring.schema import Site
 from server.app import Services, services
@@ -57,8 +57,6 @@ def decision_context(request: Request) -> DecisionContext:
 
 
 def build_context(svc: Services) -> DecisionContext:
-    from scoring.decisions import mouse_model_chooser
-
     chooser = mouse_model_chooser(svc.sessions, svc.settings.model_dir, svc.settings.device)
     return DecisionContext(redis=svc.redis, sessions=svc.sessions, choose_model=chooser)
 

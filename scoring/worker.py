@@ -309,7 +309,7 @@ class PipelineRunner:
         self.batches += 1
         if outages:
             await self._give_back_attempts([o.job for o in outages])
-            raise StoreOutage(outages[0].error or "store unreachable")
+            raise StoreOutage((outages[0].error or "store unreachable").splitlines()[0])
 
     async def _start_jobs(self, entries: list[tuple[str, dict[str, str]]]) -> list[Job]:
         jobs = [

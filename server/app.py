@@ -41,6 +41,8 @@ ROUTE_MODULES: list[str] = [
     "server.pump_views",
     "server.whale_api",
     "server.whale_views",
+    "server.jobs_api",
+    "server.metrics",
 ]
 
 # Background tasks tied to the server's life: "module:function" where

@@ -49,46 +49,45 @@ class WorkerMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry | None) -> WorkerMetrics:
         """Metrics registered in ``registry`` (``None``: unregistered, for multiprocess mode)."""
-        kw = {"registry": registry}
         return cls(
             jobs=Counter(
                 "trailguard_jobs",
                 "Jobs finished, by outcome (done, duplicate, dead_letter).",
                 ["pipeline", "outcome"],
-                **kw,
+                registry=registry,
             ),
             failures=Counter(
                 "trailguard_job_failures",
                 "Failed job attempts, by kind (error, invalid, abandoned, outage).",
                 ["pipeline", "kind"],
-                **kw,
+                registry=registry,
             ),
             dead_letters=Counter(
                 "trailguard_dead_letters",
                 "Jobs moved to the dead-letter stream.",
                 ["pipeline"],
-                **kw,
+                registry=registry,
             ),
             render_seconds=Histogram(
                 "trailguard_render_seconds",
                 "Time to render one job's input to images.",
                 ["pipeline"],
                 buckets=LATENCY_BUCKETS,
-                **kw,
+                registry=registry,
             ),
             score_seconds=Histogram(
                 "trailguard_score_seconds",
                 "Time of one forward pass (a chunk of at most batch-size images).",
                 ["pipeline"],
                 buckets=LATENCY_BUCKETS,
-                **kw,
+                registry=registry,
             ),
             job_latency_seconds=Histogram(
                 "trailguard_job_latency_seconds",
                 "From the job entering its stream to its result being committed.",
                 ["pipeline"],
                 buckets=LATENCY_BUCKETS,
-                **kw,
+                registry=registry,
             ),
         )
 

@@ -515,7 +515,7 @@ class PipelineRunner:
             o.outage = True  # cannot record it now: the job stays pending until the store is back
             return
         job = o.job
-        entry = {**job.fields, "job_id": job.id, "error": error[:4000]}
+        entry: dict[Any, Any] = {**job.fields, "job_id": job.id, "error": error[:4000]}
         entry.update(attempts=str(job.attempts), stream_id=job.stream_id)
         pipe = self.ctx.redis.pipeline(transaction=True)
         pipe.xadd(self.dead_stream, entry, maxlen=DEAD_LETTER_MAXLEN, approximate=True)

@@ -141,22 +141,26 @@ async def queued_job(redis: aioredis.Redis, job_id: str) -> JobView | None:
         attempts = await redis.hget(keys.job_attempts(pipeline), job_id)
         start, seen = "-", 0
         while seen < MAX_SCAN:
-            entries = await redis.xrange(stream, min=start, count=SCAN_PAGE)
+            entries: Any = await redis.xrange(stream, min=start, count=SCAN_PAGE)
             for _entry_id, fields in entries:
-                if fields.get(b"job_id", b"").decode() == job_id:
+                if _text(fields.get(b"job_id", b"")) == job_id:
                     sid = fields.get(b"session_id")
                     return JobView(
                         job_id,
                         pipeline,
                         "queued",
                         attempts=int(attempts) if attempts is not None else 0,
-                        session_id=sid.decode() if sid else None,
+                        session_id=_text(sid) if sid else None,
                     )
             if len(entries) < SCAN_PAGE:
                 break
             seen += len(entries)
-            start = "(" + entries[-1][0].decode()
+            start = "(" + _text(entries[-1][0])
     return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

@@ -1,0 +1,486 @@
+"""Mouse sessions to images: a speed-coloured trail for people, kinematic channels for models.
+
+Everything here is a pure, vectorised function of an event array ``(N, 4)`` with columns
+``t_ms, x, y, code`` (codes: 0 move, 1 left down, 2 left up, 3 right down, 4 right up,
+5 middle down, 6 middle up, 7 wheel) and a viewport ``(width, height)`` in CSS pixels.
+No Python loop runs per point: segments are sampled once per output pixel with
+``np.repeat`` and splatted bilinearly with ``np.bincount``, which anti-aliases them.
+
+Dirty data is handled by :func:`sanitize` with fixed rules (documented in docs/mouse.md and
+in its docstring); every public renderer calls it, so any array either renders or raises
+:class:`~renderer.errors.InvalidSession` with a machine-readable code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from renderer.errors import InvalidSession
+
+MOVE, LEFT_DOWN, LEFT_UP, RIGHT_DOWN, RIGHT_UP, MIDDLE_DOWN, MIDDLE_UP, WHEEL = range(8)
+N_CODES = 8
+
+GARBAGE_COORD = 32767.0
+"""|x| or |y| at or above this is a sentinel (65535, 0xFFFF …), not a position: the row goes."""
+OFFSCREEN_MARGIN = 1.0
+"""Points up to this many viewport sizes outside the viewport are clamped to its edge; points
+further out are dropped as garbage."""
+MIN_DT_MS = 1.0
+"""Floor on a segment's duration when computing speed (timestamps are often ms-quantised)."""
+GAP_MS = 1000.0
+"""A segment spanning a longer silence is not drawn (the pointer left the page or the tab)."""
+PAUSE_MS = 150.0
+"""A silence at least this long before a movement is a pause (marked in the model channels)."""
+MAX_EVENTS = 2_000_000
+"""Longer sessions are refused (``session_too_large``); split them upstream."""
+
+SPEED_RANGE = (0.03, 10.0)
+"""Fixed speed scale in viewport px/ms, mapped logarithmically to the colormap: 0.03 px/ms
+(30 px/s, creeping) is the darkest colour, 10 px/ms (10,000 px/s, a flick) the brightest."""
+ACC_SCALE = 0.02
+"""px/ms²: acceleration channel value is ``tanh(a / ACC_SCALE)``."""
+TURN_SCALE = 0.1
+"""rad/ms: turning-rate channel value is ``tanh(|dθ/dt| / TURN_SCALE)``."""
+PRESS_SCALE_MS = 150.0
+"""Click channel value is ``tanh(press duration / PRESS_SCALE_MS)``."""
+
+# Plasma (perceptually uniform) sampled at 12 points over [0, 0.88]: the brightest yellow of
+# the full map is left out because it vanishes on the white background.
+PLASMA = np.array(
+    [
+        (13, 8, 135),
+        (56, 4, 154),
+        (89, 1, 165),
+        (122, 2, 168),
+        (150, 19, 161),
+        (177, 42, 144),
+        (198, 65, 125),
+        (217, 88, 106),
+        (232, 112, 89),
+        (245, 139, 71),
+        (252, 166, 54),
+        (253, 198, 39),
+    ],
+    dtype=np.float32,
+)
+BACKGROUND = np.array([255, 255, 255], dtype=np.float32)
+LEFT_COLOUR = np.array([0, 170, 60], dtype=np.float32)
+RIGHT_COLOUR = np.array([220, 20, 30], dtype=np.float32)
+
+MODEL_CHANNELS = ("coverage", "speed", "acceleration", "turning", "pauses", "clicks")
+"""Channels of :func:`render_channels`, the model's input."""
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    """A sanitised session: events sorted by time, positions inside ``viewport``."""
+
+    events: np.ndarray
+    viewport: tuple[float, float]
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def _as_events(events: object) -> np.ndarray:
+    try:
+        arr = np.asarray(events, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise InvalidSession(f"events are not numeric: {e}", "bad_events") from e
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise InvalidSession(f"events must have shape (N, 4), got {arr.shape}", "bad_events")
+    if len(arr) > MAX_EVENTS:
+        raise InvalidSession(
+            f"{len(arr)} events in one session; at most {MAX_EVENTS}", "session_too_large"
+        )
+    return arr
+
+
+def _viewport(viewport: tuple[float, float], xy: np.ndarray) -> tuple[float, float]:
+    """The given viewport when usable, else the bounding box of the points."""
+    vw, vh = (float(v) for v in viewport)
+    if np.isfinite(vw) and np.isfinite(vh) and vw >= 1 and vh >= 1:
+        return vw, vh
+    if len(xy) == 0:
+        raise InvalidSession("no usable viewport and no points to infer one", "zero_viewport")
+    vw, vh = float(xy[:, 0].max()) + 1.0, float(xy[:, 1].max()) + 1.0
+    if vw < 2 or vh < 2:
+        raise InvalidSession("viewport is empty and cannot be inferred", "zero_viewport")
+    return vw, vh
+
+
+def _keep_last_of_equal_time_moves(ev: np.ndarray) -> np.ndarray:
+    """Of consecutive moves sharing one timestamp keep the last (coalesced browser events)."""
+    if len(ev) < 2:
+        return np.ones(len(ev), dtype=bool)
+    same_next = (ev[1:, 0] == ev[:-1, 0]) & (ev[1:, 3] == MOVE) & (ev[:-1, 3] == MOVE)
+    keep = np.ones(len(ev), dtype=bool)
+    keep[:-1] &= ~same_next
+    exact = np.all(ev[1:] == ev[:-1], axis=1)
+    keep[1:] &= ~exact
+    return keep
+
+
+def sanitize(events: object, viewport: tuple[float, float]) -> Cleaned:
+    """Apply the dirty-data rules, in this order:
+
+    1. not an (N, 4) numeric array, or more than ``MAX_EVENTS`` rows: ``InvalidSession``;
+    2. rows with NaN/inf anywhere, a code outside 0–7 or a fractional code are dropped;
+    3. rows with |x| or |y| ≥ ``GARBAGE_COORD`` (65535 and similar sentinels) are dropped;
+    4. a zero, negative or non-finite viewport is replaced by the points' bounding box
+       (``zero_viewport`` when that is empty too);
+    5. points more than ``OFFSCREEN_MARGIN`` viewports outside are dropped, the rest are
+       clamped to the viewport's edge;
+    6. rows are stably sorted by time;
+    7. exact duplicate rows are dropped; of consecutive moves with one timestamp the last
+       is kept;
+    8. nothing left: ``InvalidSession("empty_session")``. One point is a valid session.
+    """
+    ev = _as_events(events)
+    dropped: dict[str, int] = {}
+    finite = np.all(np.isfinite(ev), axis=1)
+    codes_ok = (ev[:, 3] >= 0) & (ev[:, 3] < N_CODES) & (ev[:, 3] == np.round(ev[:, 3]))
+    ok = finite & codes_ok
+    dropped["non_finite"] = int((~finite).sum())
+    dropped["bad_code"] = int((finite & ~codes_ok).sum())
+    ev = ev[ok]
+    garbage = np.any(np.abs(ev[:, 1:3]) >= GARBAGE_COORD, axis=1)
+    dropped["garbage_coord"] = int(garbage.sum())
+    ev = ev[~garbage]
+    vw, vh = _viewport(viewport, ev[:, 1:3])
+    mx, my = OFFSCREEN_MARGIN * vw, OFFSCREEN_MARGIN * vh
+    far = (ev[:, 1] < -mx) | (ev[:, 1] > vw + mx) | (ev[:, 2] < -my) | (ev[:, 2] > vh + my)
+    dropped["far_offscreen"] = int(far.sum())
+    ev = ev[~far]
+    ev[:, 1] = np.clip(ev[:, 1], 0.0, vw)
+    ev[:, 2] = np.clip(ev[:, 2], 0.0, vh)
+    if not np.all(ev[1:, 0] >= ev[:-1, 0]):
+        ev = ev[np.argsort(ev[:, 0], kind="stable")]
+    keep = _keep_last_of_equal_time_moves(ev)
+    dropped["duplicate_time"] = int((~keep).sum())
+    ev = ev[keep]
+    if len(ev) == 0:
+        raise InvalidSession("no usable events in the session", "empty_session")
+    return Cleaned(np.ascontiguousarray(ev), (vw, vh), dropped)
+
+
+@dataclass(frozen=True)
+class Kinematics:
+    """Per-segment quantities between consecutive points (length N-1)."""
+
+    speed: np.ndarray  # px/ms
+    acceleration: np.ndarray  # px/ms²
+    turning: np.ndarray  # rad/ms, absolute
+    dt: np.ndarray  # ms
+
+
+def kinematics(ev: np.ndarray) -> Kinematics:
+    """Speed, acceleration and turning rate of each segment of a sanitised event array."""
+    dxy = np.diff(ev[:, 1:3], axis=0)
+    dt_raw = np.diff(ev[:, 0])
+    dt = np.maximum(dt_raw, MIN_DT_MS)
+    dist = np.hypot(dxy[:, 0], dxy[:, 1])
+    speed = dist / dt
+    if len(speed) < 2:
+        zeros = np.zeros_like(speed)
+        return Kinematics(speed, zeros, zeros, dt_raw)
+    mid = ev[:-1, 0] + 0.5 * dt
+    dv = np.diff(speed)
+    dmid = np.maximum(np.diff(mid), MIN_DT_MS)
+    acc_between = dv / dmid
+    acc = np.empty_like(speed)
+    acc[0], acc[-1] = acc_between[0], acc_between[-1]
+    acc[1:-1] = 0.5 * (acc_between[:-1] + acc_between[1:])
+    heading = np.arctan2(dxy[:, 1], dxy[:, 0])
+    dtheta = np.abs((np.diff(heading) + np.pi) % (2 * np.pi) - np.pi)
+    # a segment of zero length has no heading: it contributes no turning
+    moving = dist > 0
+    dtheta = np.where(moving[1:] & moving[:-1], dtheta, 0.0)
+    turn = np.zeros_like(speed)
+    turn[1:] = dtheta / dmid
+    return Kinematics(speed, acc, turn, dt_raw)
+
+
+def speed_level(speed: np.ndarray) -> np.ndarray:
+    """Speed in px/ms to [0, 1] on the fixed logarithmic scale ``SPEED_RANGE``."""
+    lo, hi = SPEED_RANGE
+    level = np.log(np.maximum(speed, 1e-9) / lo) / np.log(hi / lo)
+    return np.clip(level, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """Viewport px → image px, keeping the aspect ratio and centring."""
+
+    scale: float
+    ox: float
+    oy: float
+
+    def apply(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.ox + xy[:, 0] * self.scale, self.oy + xy[:, 1] * self.scale
+
+
+def mapping(viewport: tuple[float, float], size: tuple[int, int], margin: float = 2.0) -> Mapping:
+    """The aspect-preserving map of ``viewport`` into an image of ``size`` = (height, width)."""
+    h, w = size
+    vw, vh = viewport
+    scale = min((w - 2 * margin) / vw, (h - 2 * margin) / vh)
+    return Mapping(scale, (w - vw * scale) / 2, (h - vh * scale) / 2)
+
+
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    h, w = int(size[0]), int(size[1])
+    if h < 8 or w < 8 or h * w > 4096 * 4096:
+        raise InvalidSession(f"image size {size} must be between 8×8 and 4096×4096", "bad_size")
+    return h, w
+
+
+def _bilinear(
+    px: np.ndarray, py: np.ndarray, h: int, w: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat pixel indices (4, S), tap weights (4, S) and an in-image mask (4, S) of the four
+    bilinear taps of each sample."""
+    u, v = px - 0.5, py - 0.5
+    i0, j0 = np.floor(u).astype(np.int32), np.floor(v).astype(np.int32)
+    a, b = (u - i0).astype(np.float32), (v - j0).astype(np.float32)
+    cols = np.stack([i0, i0 + 1, i0, i0 + 1])
+    rows = np.stack([j0, j0, j0 + 1, j0 + 1])
+    taps = np.stack([(1 - a) * (1 - b), a * (1 - b), (1 - a) * b, a * b])
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    return rows * w + cols, taps, inside
+
+
+def splat_segments(
+    x0: np.ndarray,
+    y0: np.ndarray,
+    x1: np.ndarray,
+    y1: np.ndarray,
+    values: np.ndarray,
+    size: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Anti-aliased segments: coverage (H, W) and coverage-weighted value sums (K, H, W).
+
+    Each segment is sampled about once per pixel of its length; each sample carries the
+    length it stands for and is spread bilinearly over its four nearest pixels, so a line
+    deposits one unit of coverage per pixel of length whatever its slope.
+    """
+    h, w = size
+    k = values.shape[1]
+    x0, y0 = x0.astype(np.float32), y0.astype(np.float32)
+    dx, dy = x1.astype(np.float32) - x0, y1.astype(np.float32) - y0
+    length = np.hypot(dx, dy)
+    n = np.maximum(np.ceil(length), 1).astype(np.int32)
+    if int(n.max(initial=1)) == 1:  # every segment shorter than a pixel: one sample each
+        seg = np.arange(len(x0))
+        frac = np.full(len(x0), 0.5, dtype=np.float32)
+    else:
+        seg = np.repeat(np.arange(len(x0)), n)
+        starts = np.cumsum(n) - n
+        frac = ((np.arange(len(seg)) - starts[seg] + 0.5) / n[seg]).astype(np.float32)
+    px = x0[seg] + frac * dx[seg]
+    py = y0[seg] + frac * dy[seg]
+    idx, taps, inside = _bilinear(px, py, h, w)
+    wt = taps * (length / n)[seg]
+    flat_idx, flat_wt = idx[inside], wt[inside]
+    cov = np.bincount(flat_idx, weights=flat_wt, minlength=h * w).reshape(h, w)
+    sums = np.empty((k, h, w))
+    for c in range(k):  # one pass per channel, not per point
+        per_tap = wt * values[seg, c].astype(np.float32)[None, :]
+        sums[c] = np.bincount(flat_idx, weights=per_tap[inside], minlength=h * w).reshape(h, w)
+    return cov, sums
+
+
+def stamp_discs(
+    cx: np.ndarray,
+    cy: np.ndarray,
+    values: np.ndarray,
+    radius: float,
+    size: tuple[int, int],
+    ring: float | None = None,
+) -> np.ndarray:
+    """Anti-aliased filled discs (or rings of width ``ring``) of per-disc ``values`` summed."""
+    h, w = size
+    reach = int(np.ceil(radius + 1.5))
+    off = np.arange(-reach, reach + 1)
+    ox, oy = np.meshgrid(off, off)
+    ox, oy = ox.ravel(), oy.ravel()
+    cols = np.floor(cx)[:, None].astype(np.int64) + ox[None, :]
+    rows = np.floor(cy)[:, None].astype(np.int64) + oy[None, :]
+    dist = np.hypot(cols + 0.5 - cx[:, None], rows + 0.5 - cy[:, None])
+    if ring is None:
+        cover = np.clip(radius + 0.5 - dist, 0.0, 1.0)
+    else:
+        cover = np.clip(ring / 2 + 0.5 - np.abs(dist - radius), 0.0, 1.0)
+    wt = cover * values[:, None]
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w) & (cover > 0)
+    flat = (rows * w + cols)[inside]
+    return np.bincount(flat, weights=wt[inside], minlength=h * w).reshape(h, w)
+
+
+def _segments(
+    clean: Cleaned, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Kinematics, np.ndarray]:
+    """Image-space endpoints of the drawn segments, all kinematics and the drawn mask."""
+    ev = clean.events
+    px, py = mapping(clean.viewport, size).apply(ev[:, 1:3])
+    kin = kinematics(ev)
+    drawn = kin.dt <= GAP_MS
+    return px, py, px[1:], py[1:], kin, drawn
+
+
+def _press_durations(ev: np.ndarray, down: int, up: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of ``down`` events and the time to the next ``up`` (NaN when none)."""
+    downs = np.flatnonzero(ev[:, 3] == down)
+    ups = np.flatnonzero(ev[:, 3] == up)
+    if len(downs) == 0:
+        return downs, np.empty(0)
+    nxt = np.searchsorted(ups, downs)
+    dur = np.full(len(downs), np.nan)
+    has = nxt < len(ups)
+    dur[has] = ev[ups[nxt[has]], 0] - ev[downs[has], 0]
+    return downs, dur
+
+
+def _composite(image: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
+    """Blend ``colour`` over the flat (H·W, 3) ``image`` in place, only where alpha > 0."""
+    flat = alpha.ravel()
+    nz = np.flatnonzero(flat > 0)
+    a = np.minimum(flat[nz], 1.0).astype(np.float32)[:, None]
+    col = colour[nz] if colour.ndim == 2 else colour
+    image[nz] = image[nz] * (1 - a) + col * a
+
+
+def _colormap(level: np.ndarray) -> np.ndarray:
+    """Levels in [0, 1] to RGB on the plasma table, linearly interpolated."""
+    pos = level * (len(PLASMA) - 1)
+    lo = np.clip(np.floor(pos).astype(np.int64), 0, len(PLASMA) - 2)
+    frac = (pos - lo).astype(np.float32)[:, None]
+    out: np.ndarray = PLASMA[lo] * (1 - frac) + PLASMA[lo + 1] * frac
+    return out
+
+
+def render_trail(
+    events: object,
+    viewport: tuple[float, float],
+    size: tuple[int, int] = (224, 224),
+    line_gain: float = 1.6,
+) -> np.ndarray:
+    """The picture for people: RGB uint8 (H, W, 3) of the speed-coloured trail and clicks."""
+    return draw_trail(sanitize(events, viewport), size, line_gain)
+
+
+def draw_trail(clean: Cleaned, size: tuple[int, int] = (224, 224), line_gain: float = 1.6) -> np.ndarray:
+    """:func:`render_trail` of an already sanitised session."""
+    h, w = _check_size(size)
+    x0, y0, x1, y1, kin, drawn = _segments(clean, (h, w))
+    x0, y0 = x0[:-1][drawn], y0[:-1][drawn]
+    x1, y1 = x1[drawn], y1[drawn]
+    level = speed_level(kin.speed[drawn])[:, None]
+    cov, sums = splat_segments(x0, y0, x1, y1, level, (h, w))
+    image = np.empty((h * w, 3), dtype=np.float32)
+    image[:] = BACKGROUND
+    flat_cov = cov.ravel()
+    nz = np.flatnonzero(flat_cov > 0)
+    colour = np.zeros((h * w, 3), dtype=np.float32)
+    colour[nz] = _colormap(sums[0].ravel()[nz] / flat_cov[nz])
+    _composite(image, flat_cov * line_gain, colour)
+    radius = max(2.0, 3.5 * min(h, w) / 224)
+    ring = max(1.0, 1.5 * min(h, w) / 224)
+    ev = clean.events
+    cmap = mapping(clean.viewport, (h, w))
+    for code, rgb in ((LEFT_DOWN, LEFT_COLOUR), (RIGHT_DOWN, RIGHT_COLOUR)):
+        rows = ev[ev[:, 3] == code]
+        if len(rows):
+            cx, cy = cmap.apply(rows[:, 1:3])
+            alpha = stamp_discs(cx, cy, np.ones(len(rows)), radius, (h, w), ring=ring)
+            _composite(image, alpha, rgb)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8).reshape(h, w, 3)
+
+
+def render_channels(
+    events: object, viewport: tuple[float, float], size: tuple[int, int] = (64, 64)
+) -> np.ndarray:
+    """The model's input: float32 (C, H, W) with the channels named in ``MODEL_CHANNELS``."""
+    return draw_channels(sanitize(events, viewport), size)
+
+
+def draw_channels(clean: Cleaned, size: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """:func:`render_channels` of an already sanitised session.
+
+    coverage is the line's ink (clipped at 1); speed, acceleration and turning are the
+    coverage-weighted mean of each segment's value times the ink, so the background is 0;
+    pauses are discs whose value grows with the log of the silence before a movement; clicks
+    are discs valued ``+tanh(press/PRESS_SCALE_MS)`` (left) and ``-…`` (right).
+    """
+    h, w = _check_size(size)
+    x0, y0, x1, y1, kin, drawn = _segments(clean, (h, w))
+    vals = np.stack(
+        [
+            speed_level(kin.speed),
+            np.tanh(kin.acceleration / ACC_SCALE),
+            np.tanh(kin.turning / TURN_SCALE),
+        ],
+        axis=1,
+    )[drawn]
+    cov, sums = splat_segments(x0[:-1][drawn], y0[:-1][drawn], x1[drawn], y1[drawn], vals, (h, w))
+    ink = np.clip(cov, 0.0, 1.0)
+    means = np.where(cov > 0, sums / np.maximum(cov, 1e-12), 0.0) * ink
+    out = np.zeros((len(MODEL_CHANNELS), h, w), dtype=np.float32)
+    out[0], out[1:4] = ink, means
+    radius = max(1.0, 2.0 * min(h, w) / 64)
+    ev = clean.events
+    cmap = mapping(clean.viewport, (h, w))
+    pause_at = np.flatnonzero(kin.dt >= PAUSE_MS) + 1
+    if len(pause_at):
+        cx, cy = cmap.apply(ev[pause_at, 1:3])
+        level = np.log(np.minimum(kin.dt[pause_at - 1], 10 * GAP_MS) / PAUSE_MS) / np.log(
+            10 * GAP_MS / PAUSE_MS
+        )
+        out[4] = np.clip(stamp_discs(cx, cy, 0.2 + 0.8 * level, radius, (h, w)), 0, 1)
+    clicks = np.zeros((h, w))
+    for down, up, sign in ((LEFT_DOWN, LEFT_UP, 1.0), (RIGHT_DOWN, RIGHT_UP, -1.0)):
+        rows, dur = _press_durations(ev, down, up)
+        if len(rows):
+            cx, cy = cmap.apply(ev[rows, 1:3])
+            value = sign * np.tanh(np.nan_to_num(dur, nan=PRESS_SCALE_MS) / PRESS_SCALE_MS)
+            clicks += stamp_discs(cx, cy, value, radius, (h, w))
+    out[5] = np.clip(clicks, -1, 1)
+    return out
+
+
+def window_bounds(n_events: int, window_events: int = 400) -> list[tuple[int, int]]:
+    """Split ``n_events`` into ⌈n/window⌉·… near-equal consecutive windows of comparable density.
+
+    The number of windows is ``max(1, round(n / window_events))`` and the sizes differ by at
+    most one event, so every window of a session holds between about 0.67× and 1.5× the
+    nominal count (except a session shorter than that, which is one window).
+    """
+    if window_events < 2:
+        raise InvalidSession("window_events must be at least 2", "bad_window")
+    k = max(1, int(round(n_events / window_events)))
+    edges = np.linspace(0, n_events, k + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def session_windows(
+    clean: Cleaned, window_events: int = 400, max_windows: int | None = None
+) -> list[Cleaned]:
+    """The windows of a sanitised session; with ``max_windows`` an evenly spaced subset."""
+    bounds = window_bounds(len(clean.events), window_events)
+    if max_windows is not None and len(bounds) > max_windows:
+        pick = np.linspace(0, len(bounds) - 1, max_windows).round().astype(int)
+        bounds = [bounds[i] for i in pick]
+    return [Cleaned(clean.events[a:b], clean.viewport) for a, b in bounds]
+
+
+def render_windows(
+    events: object,
+    viewport: tuple[float, float],
+    size: tuple[int, int] = (64, 64),
+    window_events: int = 400,
+    max_windows: int | None = None,
+) -> np.ndarray:
+    """Model input for every window of a session: float32 (K, C, H, W), K ≥ 1."""
+    clean = sanitize(events, viewport)
+    wins = session_windows(clean, window_events, max_windows)
+    return np.stack([draw_channels(win, size) for win in wins])

@@ -1,0 +1,300 @@
+"""Training the two mouse tasks.
+
+*owner* (is this the account's owner?): one shared backbone is trained once as a
+classifier over the enrolled accounts' windows; each account then gets a cheap head, a
+logistic regression on the backbone's embedding (its genuine windows against other
+accounts' windows), and a threshold calibrated on held-out genuine data to a target
+false-alarm rate. Enrolling a new account costs a forward pass over its windows and a
+logistic regression: milliseconds and ``embed_dim + 2`` numbers, no backbone training.
+
+*group* (customer vs non-customer): the same network with one logit, trained with binary
+cross-entropy; its threshold is calibrated the same way on held-out people.
+
+A session's score is the mean of its windows' impostor (or non-customer) logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from tqdm import tqdm
+
+from renderer.errors import InvalidInput, InvalidSession
+from renderer.mouse import Cleaned, sanitize
+from scoring.mouse.data import Preprocessing, scoring_images, split_by_time, training_images
+from scoring.mouse.model import ModelConfig, MouseNet, build
+from scoring.sessionfile import SessionRecord
+from scoring.training import predict, train_one_epoch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    calib_fraction: float = 0.2
+    target_far: float = 0.05
+    pretrained: str = "none"
+    oversample: float = 1.5
+    max_negatives: int = 4000
+    seed: int = 0
+    progress: bool = True
+
+
+def calibrate(genuine_scores: np.ndarray, target_far: float) -> float:
+    """The threshold that flags about ``target_far`` of genuine sessions (score > threshold)."""
+    if len(genuine_scores) == 0:
+        return 0.0
+    return float(np.quantile(genuine_scores, 1.0 - target_far, method="higher"))
+
+
+def pseudo_sessions(window_scores: np.ndarray) -> np.ndarray:
+    """Scores of sessions of 1, 2 and 3 consecutive windows, as short test sessions are."""
+    out = [window_scores]
+    for k in (2, 3):
+        n = len(window_scores) // k
+        if n:
+            out.append(window_scores[: n * k].reshape(n, k).mean(axis=1))
+    return np.concatenate(out)
+
+
+def _batches(
+    x: np.ndarray, y: np.ndarray, size: int, rng: np.random.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    order = rng.permutation(len(x))
+    for i in range(0, len(order) - 1, size):  # a lone last example would break batch norm
+        idx = order[i : i + size]
+        if len(idx) < 2:
+            continue
+        yield (
+            torch.from_numpy(x[idx]).contiguous(memory_format=torch.channels_last),
+            torch.from_numpy(y[idx]),
+        )
+
+
+def fit(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    loss_fn: Any,
+    cfg: TrainConfig,
+    desc: str = "train",
+) -> list[float]:
+    """AdamW with a one-cycle schedule; returns the loss of each epoch."""
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, cfg.epochs * max(1, len(x) // cfg.batch_size + 1))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps + 1)
+    losses = []
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in _batches(x, y, cfg.batch_size, rng):
+            yield batch
+            sched.step()  # runs after the shared loop's optimizer.step() on this batch
+
+    epochs = tqdm(range(cfg.epochs), desc=desc, disable=not cfg.progress)
+    for epoch in epochs:
+        loss = train_one_epoch(
+            model, batches(), opt, loss_fn, desc=f"epoch {epoch + 1}", progress=cfg.progress
+        )
+        losses.append(loss)
+        epochs.set_postfix(loss=f"{loss:.3f}")
+    return losses
+
+
+def forward_all(
+    model: MouseNet, images: np.ndarray, *, embed: bool, batch_size: int = 256
+) -> np.ndarray:
+    """Embeddings or outputs for many images, without gradients."""
+    model.eval()
+    fn = model.embed if embed else model.forward
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            batch = torch.from_numpy(images[i : i + batch_size])
+            out.append(fn(batch.contiguous(memory_format=torch.channels_last)).float().numpy())
+    return np.concatenate(out) if out else np.empty((0, 0), dtype=np.float32)
+
+
+@dataclass
+class Head:
+    """A per-account logistic regression on the embedding; scores are impostor logits."""
+
+    weight: np.ndarray
+    bias: float
+    threshold: float = 0.0
+
+    def window_scores(self, embeddings: np.ndarray) -> np.ndarray:
+        return -(embeddings @ self.weight + self.bias)
+
+
+def fit_head(genuine: np.ndarray, negatives: np.ndarray, c: float = 0.5) -> Head:
+    x = np.concatenate([genuine, negatives])
+    y = np.concatenate([np.ones(len(genuine)), np.zeros(len(negatives))])
+    lr = LogisticRegression(C=c, class_weight="balanced", max_iter=500)
+    lr.fit(x, y)
+    return Head(lr.coef_[0].astype(np.float32), float(lr.intercept_[0]))
+
+
+@dataclass
+class OwnerModel:
+    model: MouseNet
+    prep: Preprocessing
+    heads: dict[str, Head]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def session_score(self, user: str, images: np.ndarray) -> float:
+        head = self.heads[user]
+        emb = forward_all(self.model, images, embed=True)
+        return float(head.window_scores(emb).mean())
+
+
+@dataclass
+class GroupModel:
+    model: MouseNet
+    prep: Preprocessing
+    threshold: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def session_score(self, images: np.ndarray) -> float:
+        return float(forward_all(self.model, images, embed=False)[:, 0].mean())
+
+
+def clean_records(records: Sequence[SessionRecord]) -> tuple[list[tuple[SessionRecord, Cleaned]], int]:
+    """Sanitised sessions, skipping those that are unusable; returns how many were skipped."""
+    out, skipped = [], 0
+    for r in records:
+        try:
+            out.append((r, sanitize(r.events, r.viewport)))
+        except InvalidSession:
+            skipped += 1
+    return out, skipped
+
+
+def _owner_windows(
+    cleaned: list[tuple[SessionRecord, Cleaned]], users: list[str], prep: Preprocessing,
+    cfg: TrainConfig, rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    xs, ys, calib = [], [], {u: [] for u in users}
+    for r, clean in tqdm(cleaned, desc="render", disable=not cfg.progress, leave=False):
+        fit_part, cal_part = split_by_time(clean, cfg.calib_fraction)
+        if len(fit_part.events) >= 2:
+            imgs = training_images(fit_part, prep, rng, cfg.oversample)
+            xs.append(imgs)
+            ys.append(np.full(len(imgs), users.index(r.user_id), dtype=np.int64))
+        if len(cal_part.events) >= 2:
+            calib[r.user_id].append(scoring_images(cal_part, prep))
+    if not xs:
+        raise InvalidInput("no usable enrolment sessions", "no_training_data")
+    calib_arr = {
+        u: np.concatenate(v) for u, v in calib.items() if v
+    }
+    return np.concatenate(xs), np.concatenate(ys), calib_arr
+
+
+def train_owner(
+    records: Sequence[SessionRecord],
+    model_cfg: ModelConfig,
+    prep: Preprocessing,
+    cfg: TrainConfig,
+) -> OwnerModel:
+    """Backbone over the enrolled accounts, then a head and a threshold per account."""
+    cleaned, skipped = clean_records([r for r in records if r.label in (None, "genuine")])
+    users = sorted({r.user_id for r, _ in cleaned})
+    if len(users) < 2:
+        raise InvalidInput("owner training needs genuine sessions of at least 2 accounts", "no_training_data")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    x, y, calib = _owner_windows(cleaned, users, prep, cfg, rng)
+    model = build(ModelConfig(**{**model_cfg.to_dict(), "n_out": len(users)}), cfg.pretrained)
+    losses = fit(model, x, y, nn.CrossEntropyLoss(label_smoothing=0.1), cfg, "owner backbone")
+    emb = forward_all(model, x, embed=True)
+    heads, val_auc = {}, []
+    for k, user in enumerate(users):
+        others = emb[y != k]
+        if len(others) > cfg.max_negatives:
+            others = others[rng.choice(len(others), cfg.max_negatives, replace=False)]
+        head = fit_head(emb[y == k], others)
+        if user in calib:
+            own = head.window_scores(forward_all(model, calib[user], embed=True))
+            head.threshold = calibrate(pseudo_sessions(own), cfg.target_far)
+            foreign = [calib[u] for u in calib if u != user]
+            if foreign:
+                neg = head.window_scores(forward_all(model, np.concatenate(foreign), embed=True))
+                labels = np.r_[np.zeros(len(own)), np.ones(len(neg))]
+                val_auc.append(float(roc_auc_score(labels, np.r_[own, neg])))
+        heads[user] = head
+    metrics = {
+        "task": "owner",
+        "accounts": len(users),
+        "train_windows": len(x),
+        "skipped_sessions": skipped,
+        "losses": losses,
+        "validation_window_auc_mean": float(np.mean(val_auc)) if val_auc else None,
+        "target_far": cfg.target_far,
+    }
+    return OwnerModel(model, prep, heads, metrics)
+
+
+def _group_windows(
+    cleaned: list[tuple[SessionRecord, Cleaned]], prep: Preprocessing, cfg: TrainConfig,
+    rng: np.random.Generator, calib_users: set[str],
+) -> tuple[np.ndarray, np.ndarray, list[tuple[float, np.ndarray]]]:
+    xs, ys, calib = [], [], []
+    for r, clean in tqdm(cleaned, desc="render", disable=not cfg.progress, leave=False):
+        target = 1.0 if r.label == "noncustomer" else 0.0
+        if r.user_id in calib_users:
+            calib.append((target, scoring_images(clean, prep)))
+            continue
+        imgs = training_images(clean, prep, rng, cfg.oversample)
+        xs.append(imgs)
+        ys.append(np.full((len(imgs), 1), target, dtype=np.float32))
+    if not xs:
+        raise InvalidInput("no usable group sessions", "no_training_data")
+    return np.concatenate(xs), np.concatenate(ys), calib
+
+
+def train_group(
+    records: Sequence[SessionRecord],
+    model_cfg: ModelConfig,
+    prep: Preprocessing,
+    cfg: TrainConfig,
+) -> GroupModel:
+    """Customer (0) vs non-customer (1); people held out for calibration are never trained on."""
+    labelled = [r for r in records if r.label in ("customer", "noncustomer")]
+    if {r.label for r in labelled} != {"customer", "noncustomer"}:
+        raise InvalidInput("group training needs customer and noncustomer sessions", "no_training_data")
+    cleaned, skipped = clean_records(labelled)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    people = sorted({r.user_id for r, _ in cleaned})
+    n_cal = int(round(len(people) * cfg.calib_fraction)) if len(people) >= 5 else 0
+    calib_users = set(rng.choice(people, n_cal, replace=False).tolist()) if n_cal else set()
+    x, y, calib = _group_windows(cleaned, prep, cfg, rng, calib_users)
+    model = build(ModelConfig(**{**model_cfg.to_dict(), "n_out": 1}), cfg.pretrained)
+    losses = fit(model, x, y, nn.BCEWithLogitsLoss(), cfg, "group")
+    out = GroupModel(model, prep, 0.0)
+    scores = np.array([out.session_score(imgs) for _, imgs in calib])
+    targets = np.array([t for t, _ in calib])
+    if len(calib) and (targets == 0).any():
+        out.threshold = calibrate(scores[targets == 0], cfg.target_far)
+    val_auc = (
+        float(roc_auc_score(targets, scores)) if len(set(targets.tolist())) == 2 else None
+    )
+    out.metrics = {
+        "task": "group",
+        "train_windows": len(x),
+        "skipped_sessions": skipped,
+        "losses": losses,
+        "validation_session_auc": val_auc,
+        "target_far": cfg.target_far,
+    }
+    return out

@@ -1,0 +1,153 @@
+"""``trailguard mouse``: synthetic sessions, training and evaluation of the mouse models."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from renderer.errors import InvalidInput
+from scoring import model_store
+from scoring.database import make_engine, make_sessionmaker
+from scoring.mouse import store, synth
+from scoring.mouse.data import Preprocessing
+from scoring.mouse.evaluate import evaluate as run_evaluation
+from scoring.mouse.evaluate import train_task
+from scoring.mouse.metrics import roc_png
+from scoring.mouse.model import ModelConfig
+from scoring.mouse.train import TrainConfig
+from scoring.sessionfile import iter_sessions, read_sessions, write_sessions
+from server.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    mouse = sub.add_parser("mouse", help="mouse sessions: synth, train, evaluate")
+    msub = mouse.add_subparsers(dest="mouse_command", metavar="ACTION", required=True)
+    tr = msub.add_parser("train", help="train an owner or group model from a session file")
+    tr.add_argument("--train", type=Path, required=True, help="JSON Lines sessions")
+    tr.add_argument("--out", type=Path, required=True, help="model directory")
+    tr.add_argument(
+        "--register", action="store_true", help="record it as the active model in the database"
+    )
+    _model_options(tr)
+    tr.set_defaults(func=train)
+    ev = msub.add_parser("evaluate", help="train on TRAIN, score TEST, write scores and metrics")
+    ev.add_argument("--train", type=Path, required=True)
+    ev.add_argument("--test", type=Path, required=True)
+    ev.add_argument("--scores", type=Path, required=True, help="CSV session_id,user_id,score")
+    ev.add_argument("--json", type=Path, required=True, dest="json_out", help="metrics JSON")
+    _model_options(ev)
+    ev.set_defaults(func=evaluate)
+    sy = msub.add_parser("synth", help="write synthetic owner and group session files")
+    sy.add_argument("--out", type=Path, required=True, help="directory for the four files")
+    defaults = synth.SynthConfig()
+    for name in (
+        "accounts", "outsiders", "enrol_sessions", "enrol_events", "test_sessions",
+        "test_min_events", "test_max_events", "group_people", "group_sessions", "seed",
+    ):  # fmt: skip
+        sy.add_argument(
+            "--" + name.replace("_", "-"), type=int, default=getattr(defaults, name)
+        )
+    sy.set_defaults(func=synthesise)
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    m, pr, t = ModelConfig(), Preprocessing(), TrainConfig()
+    p.add_argument("--task", choices=["owner", "group"], required=True)
+    p.add_argument("--width", type=float, default=m.width, help="VGG16 channel multiplier")
+    p.add_argument("--size", type=int, default=pr.size, help="model input side in pixels")
+    p.add_argument("--window-events", type=int, default=pr.window_events)
+    p.add_argument("--epochs", type=int, default=t.epochs)
+    p.add_argument("--batch-size", type=int, default=t.batch_size)
+    p.add_argument("--lr", type=float, default=t.lr)
+    p.add_argument("--target-far", type=float, default=t.target_far)
+    p.add_argument("--pretrained", default="none", help="imagenet, none or a weights file")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _configs(args: argparse.Namespace) -> tuple[ModelConfig, Preprocessing, TrainConfig]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not 0 < args.target_far < 1:
+        raise InvalidInput("--target-far must be between 0 and 1", "bad_option")
+    model_cfg = ModelConfig(width=args.width, size=args.size)
+    prep = Preprocessing(size=args.size, window_events=args.window_events)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        target_far=args.target_far,
+        pretrained=args.pretrained,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    return model_cfg, prep, cfg
+
+
+def train(settings: Settings, args: argparse.Namespace) -> int:
+    model_cfg, prep, cfg = _configs(args)
+    model = train_task(args.task, read_sessions(args.train), model_cfg, prep, cfg)
+    version = model_store.new_version()
+    path = store.save(args.out, model, version)
+    print(f"saved {args.task} model {version} to {path}")
+    if args.register:
+        engine = make_engine(settings.database_url)
+        try:
+            with make_sessionmaker(engine)() as s:
+                row = store.register(s, path.resolve(), model, version)
+                s.commit()
+                print(f"registered model version {row.id} as active")
+        finally:
+            engine.dispose()
+    return 0
+
+
+def evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    model_cfg, prep, cfg = _configs(args)
+    result = run_evaluation(
+        args.task, read_sessions(args.train), iter_sessions(args.test), model_cfg, prep, cfg
+    )
+    args.scores.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.scores, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["session_id", "user_id", "score"])
+        writer.writerows((sid, user, f"{score:.6f}") for sid, user, score in result.rows)
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    if len(set(result.labels)) == 2:
+        roc = roc_png(
+            args.json_out.with_suffix(".roc.png"), result.labels, result.scores, f"mouse {args.task}"
+        )
+        result.metrics["roc_png"] = str(roc)
+    args.json_out.write_text(json.dumps(result.metrics, indent=2))
+    m = result.metrics
+    print(
+        f"task={args.task} sessions={len(result.rows)} pooled_auc={m.get('pooled_auc')} "
+        f"per_account_auc={m.get('per_account_auc')} "
+        f"accuracy_at_eer={m.get('accuracy_at_eer_threshold')}",
+        file=sys.stdout,
+    )
+    return 0
+
+
+def synthesise(settings: Settings, args: argparse.Namespace) -> int:
+    cfg = synth.SynthConfig(
+        **{k: getattr(args, k) for k in synth.SynthConfig.__dataclass_fields__ if hasattr(args, k)}
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    train_set, tests = synth.owner_sets(cfg)
+    counts = {
+        "owner_train.jsonl": write_sessions(args.out / "owner_train.jsonl", train_set),
+        "owner_test.jsonl": write_sessions(args.out / "owner_test.jsonl", tests),
+    }
+    group_train, group_test = synth.group_sets(cfg)
+    counts["group_train.jsonl"] = write_sessions(args.out / "group_train.jsonl", group_train)
+    counts["group_test.jsonl"] = write_sessions(args.out / "group_test.jsonl", group_test)
+    for name, n in counts.items():
+        print(f"{args.out / name}: {n} sessions")
+    return 0

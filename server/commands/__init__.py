@@ -12,4 +12,6 @@ COMMAND_MODULES = [
     "server.commands.alerts",
     "server.commands.pump",
     "server.commands.whale",
+    "server.commands.mouse",
+    "server.commands.render",
 ]

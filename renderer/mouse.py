@@ -109,16 +109,15 @@ def _viewport(viewport: tuple[float, float], xy: np.ndarray) -> tuple[float, flo
     return vw, vh
 
 
-def _keep_last_of_equal_time_moves(ev: np.ndarray) -> np.ndarray:
-    """Of consecutive moves sharing one timestamp keep the last (coalesced browser events)."""
+def _drop_duplicates(ev: np.ndarray) -> np.ndarray:
+    """Drop exact repeats of the previous row, then of consecutive moves sharing one
+    timestamp keep the last (browsers coalesce; the last position is the current one)."""
     if len(ev) < 2:
-        return np.ones(len(ev), dtype=bool)
+        return ev
+    repeat = np.r_[False, np.all(ev[1:] == ev[:-1], axis=1)]
+    ev = ev[~repeat]
     same_next = (ev[1:, 0] == ev[:-1, 0]) & (ev[1:, 3] == MOVE) & (ev[:-1, 3] == MOVE)
-    keep = np.ones(len(ev), dtype=bool)
-    keep[:-1] &= ~same_next
-    exact = np.all(ev[1:] == ev[:-1], axis=1)
-    keep[1:] &= ~exact
-    return keep
+    return ev[~np.r_[same_next, False]]
 
 
 def sanitize(events: object, viewport: tuple[float, float]) -> Cleaned:
@@ -156,9 +155,9 @@ def sanitize(events: object, viewport: tuple[float, float]) -> Cleaned:
     ev[:, 2] = np.clip(ev[:, 2], 0.0, vh)
     if not np.all(ev[1:, 0] >= ev[:-1, 0]):
         ev = ev[np.argsort(ev[:, 0], kind="stable")]
-    keep = _keep_last_of_equal_time_moves(ev)
-    dropped["duplicate_time"] = int((~keep).sum())
-    ev = ev[keep]
+    before = len(ev)
+    ev = _drop_duplicates(ev)
+    dropped["duplicate_time"] = before - len(ev)
     if len(ev) == 0:
         raise InvalidSession("no usable events in the session", "empty_session")
     return Cleaned(np.ascontiguousarray(ev), (vw, vh), dropped)

@@ -64,7 +64,7 @@ class SpectrogramConfig:
             problems.append("pcen_smooth must be in (0, 1]")
         if round(self.window_s * self.sample_rate) < self.n_fft:
             problems.append("window_s is shorter than one FFT frame")
-        elif not 0 < self.window_hop_s or self.hop_frames > self.window_frames:
+        elif self.window_hop_s <= 0 or self.hop_frames > self.window_frames:
             problems.append("window_hop_s must be in (0, window_s]: longer hops leave gaps")
         if problems:
             raise InvalidAudio("bad spectrogram config: " + "; ".join(problems), "bad_config")

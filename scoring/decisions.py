@@ -35,7 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from renderer.errors import InvalidInput, InvalidSession, NotFound
-from scoring import keys
+from scoring import keys, model_store
 from scoring.alerting import device_label, on_flag
 from scoring.cases import as_utc, open_case, record_event
 from scoring.policy import ActionPolicy, Policy, parse_policy
@@ -554,23 +554,49 @@ async def evaluate(
     )
 
 
+MODEL_RECHECK_S = 30.0
+"""How often the chooser looks for a newly activated mouse model (a cheap query)."""
+
+
+def _active_ids(sessions: sessionmaker[Session]) -> tuple[int | None, int | None]:
+    with sessions() as db:
+        rows = [model_store.active(db, "mouse", task) for task in ("owner", "group")]
+    return rows[0].id if rows[0] else None, rows[1].id if rows[1] else None
+
+
+def _loaded_ids(scorer: Any) -> tuple[int | None, int | None]:
+    return (
+        scorer.owner_row[0] if scorer.owner_row else None,
+        scorer.group_row[0] if scorer.group_row else None,
+    )
+
+
 def mouse_model_chooser(
     sessions: sessionmaker[Session], model_dir: Path, device: str = "cpu"
 ) -> ModelChooser:
-    """The mouse area's live scorer as a :data:`ModelChooser`, loaded on first use."""
-    loaded: list[Any] = []
+    """The mouse area's live scorer (:class:`scoring.mouse.inference.MouseScorer`) as a
+    :data:`ModelChooser`: loaded on first use, reloaded when another model is activated."""
+    state: dict[str, Any] = {"scorer": None, "checked": 0.0}
     lock = threading.Lock()
 
     def scorer() -> Any:
         with lock:
-            if not loaded:
-                # torch and checkpoints: only once a decision needs a model
+            now = time.monotonic()
+            current = state["scorer"]
+            if current is not None and now - state["checked"] < MODEL_RECHECK_S:
+                return current
+            state["checked"] = now
+            if current is None or _active_ids(sessions) != _loaded_ids(current):
+                # torch and checkpoints: imported only once a decision needs a model
                 from scoring.mouse.inference import MouseScorer
 
-                loaded.append(MouseScorer(sessions, model_dir, device))
-            return loaded[0]
+                state["scorer"] = MouseScorer(sessions, model_dir, device)
+            return state["scorer"]
 
     def choose(account_id: int | None) -> ModelChoice:
-        raise NotImplementedError(scorer())
+        bound = scorer().for_account(account_id)
+        if bound.kind not in ("account", "group"):
+            return ModelChoice("none")
+        return ModelChoice(bound.kind, bound.version, bound)
 
     return choose

@@ -3,6 +3,7 @@ against real Redis and a real database (SQLite, and PostgreSQL when configured).
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,12 +12,15 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
+from test_decision_support import human_path, move_frames, train_tiny_models
 
-from scoring import keys
+from scoring import decisions, keys, session_store
 from scoring.database import make_engine, make_sessionmaker
-from scoring.schema import CaseEvent, Decision, ReviewCase, Site
+from scoring.mouse.inference import MouseScorer
+from scoring.schema import Account, Alert, CaseEvent, Decision, ReviewCase, Site
 from server import collect, wire
 from server.app import create_app
 from server.settings import load_settings
@@ -32,6 +36,7 @@ class Env:
     client: TestClient
     db_url: str
     sites: dict[str, tuple[str, str]]  # name → (key, secret)
+    model_dir: Path
 
     def auth(self, site: str = "shop", secret: str | None = None) -> dict[str, str]:
         key, real = self.sites[site]
@@ -55,6 +60,34 @@ class Env:
         engine.dispose()
         return int(n)
 
+    def sessions(self) -> Any:
+        return make_sessionmaker(make_engine(self.db_url))
+
+    def add_account(self, site: str, external_id: str) -> None:
+        """An account the site already had (its row exists, as after an earlier visit)."""
+        engine = make_engine(self.db_url)
+        with make_sessionmaker(engine)() as s:
+            row = s.scalars(select(Site).where(Site.key == self.sites[site][0])).one()
+            s.add(Account(site_id=row.id, external_id=external_id))
+            s.commit()
+        engine.dispose()
+
+    def train(self, accounts: list[str]) -> None:
+        sessions = self.sessions()
+        train_tiny_models(sessions, self.model_dir, accounts)
+        sessions.kw["bind"].dispose()
+
+    def send(self, site: str, account: str, frames: list[bytes], sid: str | None = None) -> str:
+        """Frames of one live page session sent through the real /collect socket."""
+        sid = sid or secrets.token_hex(16)
+        hello = wire.Hello(sid, self.sites[site][0], "/cart", (1280, 720), 1.0, "mouse", account, 1)
+        with self.client.websocket_connect("/collect", headers={"origin": ORIGIN}) as ws:
+            ws.send_bytes(wire.encode_hello(hello))
+            for frame in frames:
+                ws.send_bytes(frame)
+                wire.decode_ack(ws.receive_bytes())
+        return sid
+
     def collect(self, site: str, account: str = "", frames: int = 2, n: int = 20) -> str:
         """A live page session of ``site`` with ``frames × n`` move samples, via /collect."""
         sid = secrets.token_hex(16)
@@ -77,12 +110,16 @@ def _env(tmp_path: Path, db_url: str, redis_url: str) -> Iterator[Env]:
         sites = {"shop": (shop.site.key, shop.secret), "other": (other.site.key, other.secret)}
     engine.dispose()
     settings = load_settings(
-        {}, database_url=db_url, redis_url=redis_url, data_dir=tmp_path / "var"
+        {},
+        database_url=db_url,
+        redis_url=redis_url,
+        data_dir=tmp_path / "var",
+        model_dir=tmp_path / "models",
     )
     app = create_app(settings)
     app.state.collector_config = QUIET
     with TestClient(app) as client:
-        yield Env(client, db_url, sites)
+        yield Env(client, db_url, sites, settings.model_dir)
 
 
 @pytest.fixture
@@ -194,3 +231,96 @@ def test_a_burst_is_rate_limited_per_site(env: Env, redis_client: redis.Redis) -
     assert env.decide({"session_id": theirs, "action": "login"}, site="other").status_code == 200
     # wrong secrets do not drain the site's bucket (they are refused before it)
     assert redis_client.exists(keys.decision_rate(999_999)) == 0
+
+
+def _in_redis(redis_client: redis.Redis, sid: str) -> int:
+    return int(redis_client.hget(keys.session_meta(sid), "n_samples") or 0)  # type: ignore[arg-type]
+
+
+def test_a_scored_decision_uses_the_samples_so_far_and_the_accounts_model(
+    env: Env, redis_client: redis.Redis, redis_url: str
+) -> None:
+    env.add_account("shop", "alice")
+    env.train(["alice", "bob"])
+    frames = move_frames(human_path(2400, seed=7))
+    half = len(frames) // 2
+    sid = env.send("shop", "alice", frames[:half])
+    first = env.decide({"session_id": sid, "action": "checkout"}).json()
+    assert first["samples_used"] == _in_redis(redis_client, sid) > 300
+    assert first["reasons"][-1] == "account_model" and first["model_version"] == "tiny-owner-0"
+    assert 0.0 <= first["score"] <= 1.0 and first["threshold"] in (0.5, 0.8)
+    assert (
+        first["decision"]
+        == {0: "allow", 1: "review", 2: "deny"}[(first["score"] >= 0.5) + (first["score"] >= 0.8)]
+    )
+    # the visit goes on: the next answer uses the samples that arrived since
+    env.send("shop", "alice", frames[half:], sid)  # the page reconnects and goes on
+    second = env.decide({"account_id": "alice", "action": "checkout"}).json()
+    assert second["samples_used"] == _in_redis(redis_client, sid) > first["samples_used"]
+    assert second["sessions"] == [sid]
+    # the score is the production scorer's on exactly those samples
+    scorer = MouseScorer(env.sessions(), env.model_dir)
+    data = asyncio.run(_read(redis_url, sid))
+    risk, _windows = scorer.score_events(data.events, data.viewport, "alice")
+    assert second["score"] == pytest.approx(risk, abs=1e-6)
+    rows = env.count(Decision, Decision.samples_used == second["samples_used"])
+    assert rows == 1
+
+
+async def _read(redis_url: str, sid: str) -> session_store.SessionData:
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        return await session_store.read_session(r, sid)
+    finally:
+        await r.aclose()
+
+
+def test_review_opens_a_case_and_deny_raises_the_alert_flow(env: Env) -> None:
+    env.add_account("shop", "alice")
+    env.train(["alice", "bob"])
+    engine = make_engine(env.db_url)
+    with make_sessionmaker(engine)() as s:
+        site = s.scalars(select(Site).where(Site.key == env.sites["shop"][0])).one()
+        site.webhook_url = "https://shop.example/trailguard-hook"
+        # every score reviews at login and denies at checkout: the site's choice to make
+        site.policy = {
+            "actions": {
+                "login": {"review_at": 0.0, "deny_at": 1.0},
+                "checkout": {"review_at": 0.0, "deny_at": 0.0},
+            }
+        }
+        s.commit()
+    engine.dispose()
+    sid = env.send("shop", "alice", move_frames(human_path(1200, seed=3)))
+    review = env.decide({"session_id": sid, "action": "login"}).json()
+    assert review["decision"] == "review" and review["score"] is not None
+    assert env.count(ReviewCase, ReviewCase.subject_id == sid) == 1
+    assert env.count(Alert) == 0
+    deny = env.decide({"session_id": sid, "action": "checkout"}).json()
+    assert deny["decision"] == "deny" and deny["threshold"] == 0.0
+    assert env.count(ReviewCase, ReviewCase.subject_id == sid) == 1  # the same open case
+    assert env.count(Alert, Alert.channel == "webhook") == 1
+    assert env.count(CaseEvent, CaseEvent.kind == "decision") == 2
+
+
+def test_accounts_without_a_model_get_the_group_model_or_not_enrolled(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(decisions, "MODEL_RECHECK_S", 0.0)
+    env.add_account("shop", "dave")
+    sid = env.send("shop", "dave", move_frames(human_path(900, seed=5)))
+    body = {"session_id": sid, "action": "login"}
+    nothing = env.decide(body).json()  # no model trained at all yet
+    assert (nothing["decision"], nothing["score"]) == ("allow", None)
+    assert nothing["reasons"] == ["no_model", "not_enrolled"]
+    env.train(["alice", "bob"])  # dave is not among the enrolled accounts
+    group = env.decide(body).json()
+    assert group["reasons"][-2:] == ["not_enrolled", "group_model"]
+    assert group["model_version"] == "tiny-group-0" and 0.0 <= group["score"] <= 1.0
+    env.set_policy("shop", {"not_enrolled": "review"})
+    explicit = env.decide(body).json()
+    assert (explicit["decision"], explicit["reasons"], explicit["score"]) == (
+        "review",
+        ["not_enrolled"],
+        None,
+    )

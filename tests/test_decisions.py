@@ -76,6 +76,10 @@ def test_accounts_without_a_model() -> None:
     assert decide(explicit, "login", _ev(None, model="not_enrolled")) == Verdict(
         "review", None, None, ["not_enrolled"]
     )
+    # too little movement wins: no model is even consulted
+    assert decide(explicit, "login", _ev(None, 50, model="not_enrolled")).reasons == [
+        "insufficient_data"
+    ]
     none = decide(POLICY, "login", _ev(None, model="none"))
     assert none == Verdict("allow", None, None, ["no_model", "not_enrolled"])
     anonymous = decide(POLICY, "login", _ev(0.9, model="group", has_account=False))

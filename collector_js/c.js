@@ -97,7 +97,7 @@
     started: Date.now() };
 
   var seq = 0, frame = null, run = null, lastT = 0, lastX = 0, lastY = 0, lastSample = -1e9;
-  var unacked = [], ws = null, attempt = 0, stopped = false, ended = false, ptype = "mouse";
+  var pending = null, unacked = [], ws = null, attempt = 0, stopped = false, ended = false, ptype = "mouse";
 
   function now(ts) {
     var t = Math.round(((ts === undefined ? perf.now() : ts) - start) * 10);
@@ -111,7 +111,15 @@
     lastT = t; lastX = x; lastY = y;
     return out;
   }
+  // The last move skipped by the interval is kept, so a resting pointer's final position is
+  // recorded before a click and at each frame's end.
+  function settle() {
+    var p = pending;
+    pending = null;
+    if (p) move(p[0], p[1], p[2]);
+  }
   function record(name, t, x, y, rest) {
+    settle();
     if (x === undefined) { x = lastX; y = lastY; }
     begin(t, x, y);
     run = null;
@@ -126,6 +134,7 @@
   }
 
   function flush() {
+    settle();
     if (!frame) return;
     var bytes = encodeFrame(frame), s = frame.seq;
     frame = null; run = null;
@@ -172,15 +181,18 @@
     }
   }
   function onMove(e) {
-    var list = e.getCoalescedEvents ? e.getCoalescedEvents() : [], i, ev, t;
+    var list = e.getCoalescedEvents ? e.getCoalescedEvents() : [], i, ev, t, cur;
     if (!list.length) list = [e];
     pointerType(now(e.timeStamp), e.pointerType);
     for (i = 0; i < list.length; i++) {
       ev = list[i];
       t = ev.timeStamp - start;
-      if (t - lastSample < interval) continue;
+      cur = [now(ev.timeStamp), Math.round(ev.clientX), Math.round(ev.clientY)];
+      if (t - lastSample < interval) { pending = cur; continue; }
+      if (pending && cur[0] - pending[0] >= interval * 10) settle();
+      pending = cur;
       lastSample = t;
-      move(now(ev.timeStamp), Math.round(ev.clientX), Math.round(ev.clientY));
+      settle();
     }
   }
   function onButton(name) {

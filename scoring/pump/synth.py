@@ -154,7 +154,7 @@ def _standing_valve_leak(rng: np.random.Generator, s: Stroke) -> np.ndarray:
 
 def _rod_part(rng: np.random.Generator, s: Stroke) -> np.ndarray:
     k = rng.integers(2, 6)
-    return rng.uniform(0.02, 0.06) * np.sin(2 * np.pi * k * s.t + rng.uniform(0, 2 * np.pi))
+    return rng.uniform(0.05, 0.25) * np.sin(2 * np.pi * k * s.t + rng.uniform(0, 2 * np.pi))
 
 
 def _spike(rng: np.random.Generator, s: Stroke, centre: float) -> np.ndarray:
@@ -172,7 +172,7 @@ def _hitting_up(rng: np.random.Generator, s: Stroke) -> np.ndarray:
 
 
 def _stuck(rng: np.random.Generator, s: Stroke) -> np.ndarray:
-    # plunger held: the whole stroke stretches the rods, load follows position (set in _physics)
+    # plunger held: the whole stroke stretches the rods, load follows position (see _downhole)
     return s.x * rng.uniform(2.0, 4.0)
 
 
@@ -281,7 +281,8 @@ def _downhole(
     )
     if mode == "stuck_plunger":
         plunger_stroke = well.stroke_m * rng.uniform(0.0, 0.08)
-        load = well.stiffness_kn_per_m * well.stroke_m * s.x * rng.uniform(0.5, 0.9)
+        # the rods stretch until the unit's load limit: about the loads it normally lifts
+        load = well.fluid_load_kn * rng.uniform(0.7, 1.5) * s.x
     position = plunger_stroke * s.x
     return position, load
 
@@ -358,6 +359,8 @@ def synth_card(
     else:
         # a downhole card computed from a surface card keeps some residual ringing
         load = load + _ring(np.diff(load, append=load[0]), well, rng.uniform(0.0, 0.1))
+        # computed downhole cards carry the offset of an assumed buoyancy and rod weight
+        load = load + rng.uniform(-0.1, 0.3) * well.fluid_load_kn
         position = position + 0.02 * well.stroke_m * s.x  # never a zero range
     position, load = _instrument(rng, position, load)
     start = int(rng.integers(0, n))

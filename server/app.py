@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # Each module exposes ``routes() -> list[BaseRoute]``; add a new area here.
 ROUTE_MODULES: list[str] = [
     "server.collect",
+    "server.sessions_api",
     "server.decisions_api",
     "server.policy_views",
     "server.auth",

@@ -7,6 +7,7 @@ COMMAND_MODULES = [
     "server.commands.db",
     "server.commands.serve",
     "server.commands.site",
+    "server.commands.sessions",
     "server.commands.worker",
     "server.commands.analyst",
     "server.commands.alerts",

@@ -24,7 +24,11 @@ from scoring import alerting, session_store
 from scoring.cases import open_case
 from scoring.mouse.inference import MouseScorer
 from scoring.pipelines.base import Job, Pipeline
-from scoring.schema import PageSession, Score
+from scoring.schema import PageSession, ReviewCase, Score
+
+
+UNTRAINED_THRESHOLD = 1e9
+"""Stored as the threshold of an untrained score (never flagged); finite for every database."""
 
 
 @dataclass
@@ -81,13 +85,11 @@ class MousePipeline(Pipeline):
             session_id=item.session_id,
             model_version_id=result["model_version_id"],
             score=result["score"],
-            threshold=threshold if threshold is not None else float("inf"),
+            threshold=threshold if threshold is not None else UNTRAINED_THRESHOLD,
             flagged=result["flagged"],
             untrained=result["untrained"],
             details={k: result[k] for k in ("mode", "risk", "n_windows", "version", "dropped_rows")},
         )
-        if threshold is None:
-            row.threshold = 1e9  # untrained: no threshold; stored finite for every database
         try:
             with session.begin_nested():
                 session.add(row)
@@ -104,6 +106,9 @@ class MousePipeline(Pipeline):
         self, session: Session, job: Job, item: MouseItem, result: dict[str, Any], row: Any
     ) -> None:
         if not result["flagged"]:
+            return
+        acted = session.scalars(select(ReviewCase.id).where(ReviewCase.score_id == row.id)).first()
+        if acted is not None:  # a replayed job: its case and alerts already exist
             return
         page = session.get(PageSession, item.session_id)
         site_id = page.site_id if page is not None else _int(item.meta.get("site_id"))

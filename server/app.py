@@ -101,7 +101,13 @@ def create_app(settings: Settings, redis_url: str | None = None) -> Starlette:
         settings=settings,
         engine=engine,
         sessions=make_sessionmaker(engine),
-        redis=aioredis.Redis.from_url(url),
+        # A blocking pool: with thousands of open collector sockets, more than 100 commands can
+        # be in flight; they wait for a connection instead of failing (redis-py's default).
+        redis=aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=128, timeout=10
+            )
+        ),
     )
 
     @contextlib.asynccontextmanager

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 import redis
+from conftest import TEST_DATABASE_URL
 from sqlalchemy.engine import make_url
 from test_worker_pipeline import NAME, SPEC, enqueue, failures, result_counts, seed_sessions
 
@@ -40,6 +41,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def prefer_postgres(database_url: str) -> None:
+    """Slow process-level tests run once: on PostgreSQL when it is configured, else SQLite."""
+    if database_url.startswith("sqlite") and TEST_DATABASE_URL:
+        pytest.skip("runs on PostgreSQL (configured); SQLite is covered by the in-process tests")
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -52,16 +59,25 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 class WorkerProcess:
     """``python -m server.cli worker`` on the probe pipeline, logging to a file."""
 
-    def __init__(self, tmp: Path, redis_url: str, db_url: str, consumer: str, *args: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        redis_url: str,
+        db_url: str,
+        consumer: str,
+        *args: str,
+        pipelines: str = SPEC,
+    ) -> None:
         self.log = tmp / f"{consumer}.log"
         env = {
             **os.environ,
             "TRAILGUARD_REDIS_URL": redis_url,
             "TRAILGUARD_DATABASE_URL": db_url,
             "TRAILGUARD_DATA_DIR": str(tmp / "var"),
+            "TRAILGUARD_MODEL_DIR": str(tmp / "var" / "models"),
             "TRAILGUARD_LOG_LEVEL": "info",
         }
-        cmd = [sys.executable, "-m", "server.cli", "worker", "--pipelines", SPEC]
+        cmd = [sys.executable, "-m", "server.cli", "worker", "--pipelines", pipelines]
         cmd += ["--consumer", consumer, *args]
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
@@ -98,6 +114,7 @@ def test_sigkill_mid_batch_another_worker_finishes_each_job_once(
     migrated_database_url: str,
     workers: list[WorkerProcess],
 ) -> None:
+    prefer_postgres(migrated_database_url)
     sessions = make_sessionmaker(make_engine(migrated_database_url))
     rng = np.random.default_rng(10)
     jobs = [enqueue(redis_client, sid, rng, work_ms=250) for sid in seed_sessions(sessions, 12)]
@@ -193,6 +210,7 @@ def _answers(client: redis.Redis) -> bool:
 def test_redis_restart_while_jobs_are_queued_loses_nothing(
     tmp_path: Path, migrated_database_url: str, workers: list[WorkerProcess]
 ) -> None:
+    prefer_postgres(migrated_database_url)
     server = RedisServer(tmp_path)
     client = redis.Redis.from_url(server.url)
     try:

@@ -240,10 +240,31 @@ class _FrameDecoder:
             raise fail("bad_field", "a moves record needs at least one sample")
         if len(self.f.events) + n > MAX_FRAME_SAMPLES:
             raise fail("too_many_samples", f"a frame of over {MAX_FRAME_SAMPLES} samples")
-        events = self.f.events
+        # The hot loop of the collector: one-byte varints (the common case) are read inline;
+        # longer ones, and every error, go through the Reader.
+        data, pos, end = r.data, r.pos, len(r.data)
+        t, x, y = self.t, self.x, self.y
+        append = self.f.events.append
         for _ in range(n):
-            self.step(r.uv(), r.zz(), r.zz())
-            events.append((self.t, self.x, self.y, MOVE))
+            if pos + 3 <= end and (data[pos] | data[pos + 1] | data[pos + 2]) < 0x80:
+                dt, zx, zy = data[pos], data[pos + 1], data[pos + 2]
+                pos += 3
+                t += dt
+                x += (zx >> 1) ^ -(zx & 1)
+                y += (zy >> 1) ^ -(zy & 1)
+            else:
+                r.pos = pos
+                t += r.uv()
+                x += r.zz()
+                y += r.zz()
+                pos = r.pos
+            if x > MAX_COORD or x < -MAX_COORD or y > MAX_COORD or y < -MAX_COORD:
+                raise fail("insane_coordinates", f"position ({x}, {y}) is out of range")
+            append((t, x, y, MOVE))
+        r.pos = pos
+        self.t, self.x, self.y = t, x, y
+        if t > MAX_TIME:
+            raise fail("bad_field", f"time {t} exceeds {MAX_TIME} (24 h)")
 
     def button(self, codes: dict[int, int]) -> None:
         r = self.r

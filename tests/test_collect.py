@@ -402,3 +402,33 @@ def test_snippet_is_served_with_cache_headers_and_etag(quick: tuple) -> None:
     assert first.content == collect.SNIPPET_PATH.read_bytes()
     again = client.get("/c.js", headers={"if-none-match": first.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
+
+
+def test_docs_give_the_current_subresource_integrity_hash() -> None:
+    import base64
+    import hashlib
+    import re
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "collector.md").read_text()
+    digest = hashlib.sha384(collect.SNIPPET_PATH.read_bytes()).digest()
+    want = "sha384-" + base64.b64encode(digest).decode()
+    assert re.findall(r"sha384-[A-Za-z0-9+/=]{64}", doc) == [want]
+
+
+def test_new_frames_after_the_end_are_refused_but_resends_are_fine(
+    quick: tuple, redis_client: redis.Redis
+) -> None:
+    client, key, _app = quick
+    sid = _sid()
+    with client.websocket_connect("/collect", headers={"origin": ORIGIN}) as ws:
+        ws.send_bytes(_hello(sid, key))
+        _send(ws, 0, end="pagehide")
+    resend = wire.encode_beacon([_hello(sid, key), wire.encode_moves(0, _path(0), "pagehide")])
+    assert client.post("/collect", content=resend, headers={"origin": ORIGIN}).status_code == 204
+    late = wire.encode_beacon([_hello(sid, key), wire.encode_moves(1, _path(1))])
+    response = client.post("/collect", content=late, headers={"origin": ORIGIN})
+    assert (response.status_code, response.json()["error"]) == (409, "session_ended")
+    code, _ = _rejected(client, [_hello(sid, key)])
+    assert code == 4017
+    assert redis_client.hget(keys.session_meta(sid), "n_samples") == b"30"
+    assert len(_jobs(redis_client)) == 1

@@ -117,8 +117,9 @@ async def _count_failure(redis: aioredis.Redis, scopes: list[tuple[str, str]]) -
     for scope, ident in scopes:
         key = keys.rate_limit(scope, ident)
         async with redis.pipeline(transaction=True) as pipe:
+            # SET NX then INCR: the window starts at the first failure (EXPIRE NX needs Redis 7)
+            pipe.set(key, 0, ex=FAILURE_WINDOW, nx=True)
             pipe.incr(key)
-            pipe.expire(key, FAILURE_WINDOW, nx=True)
             await pipe.execute()
 
 

@@ -67,8 +67,9 @@ def attach_cookie(request: Request, response: Response) -> None:
 def _origin_ok(request: Request) -> bool:
     origin = request.headers.get("origin")
     if not origin or origin == "null":
-        # Browsers send no Origin on some same-origin POSTs; the token check still applies.
-        return origin is None
+        # Browsers send no Origin on some POSTs and "null" under Referrer-Policy: no-referrer
+        # (the owner's alert page); the token check still applies.
+        return True
     parts = urlsplit(origin)
     return parts.netloc.lower() == (request.headers.get("host") or "").lower()
 

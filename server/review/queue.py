@@ -82,7 +82,9 @@ def _ordered(query: Select[Any], sort: str) -> Select[Any]:
 
 def list_cases(session: Session, filters: Filters, analyst_id: int, offset: int = 0) -> list[Row]:
     query = (
-        select(ReviewCase, Site.name, ModelVersion.version, Score.score, Analyst.email)
+        select(
+            ReviewCase, Site.name, ModelVersion.version, Score.score, Score.untrained, Analyst.email
+        )
         .outerjoin(Site, Site.id == ReviewCase.site_id)
         .outerjoin(Score, Score.id == ReviewCase.score_id)
         .outerjoin(ModelVersion, ModelVersion.id == Score.model_version_id)
@@ -94,12 +96,12 @@ def list_cases(session: Session, filters: Filters, analyst_id: int, offset: int 
         Row(
             case=case,
             site_name=site_name or "–",
-            model_version=version or ("untrained" if score is not None else "–"),
+            model_version=version or ("untrained" if untrained else "–"),
             score=score,
             assignee=email or "",
             claimed=claim_holder(case, now) is not None,
         )
-        for case, site_name, version, score, email in session.execute(
+        for case, site_name, version, score, untrained, email in session.execute(
             query.offset(offset).limit(PAGE_SIZE)
         )
     ]

@@ -15,16 +15,16 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
 
-from renderer.mouse import kinematics, render_trail, sanitize, speed_level  # noqa: E402
-from scoring.mouse.synth import draw_habits, generate_events  # noqa: E402
+from renderer.mouse import kinematics, render_trail, sanitize, speed_level
+from scoring.mouse.synth import draw_habits, generate_events
 
 
 def session(points: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -80,7 +80,9 @@ def main() -> None:
     events, viewport = session(args.points)
     clicks = int(np.isin(events[:, 3], (1, 3)).sum())
     mpl = MatplotlibRenderer(args.size, viewport)
-    ours_ms = median_ms(lambda: render_trail(events, viewport, (args.size, args.size)), args.repeats)
+    ours_ms = median_ms(
+        lambda: render_trail(events, viewport, (args.size, args.size)), args.repeats
+    )
     mpl_ms = median_ms(lambda: mpl(events), max(3, args.repeats // 5))
     print(f"session: {len(events)} points, {clicks} clicks, viewport {viewport}, {args.size}²")
     print(f"ours:       {ours_ms:8.2f} ms/image")

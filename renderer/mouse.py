@@ -13,6 +13,7 @@ in its docstring); every public renderer calls it, so any array either renders o
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -301,8 +302,8 @@ def stamp_discs(
     h, w = size
     reach = int(np.ceil(radius + 1.5))
     off = np.arange(-reach, reach + 1)
-    ox, oy = np.meshgrid(off, off)
-    ox, oy = ox.ravel(), oy.ravel()
+    grid_x, grid_y = np.meshgrid(off, off)
+    ox, oy = grid_x.ravel(), grid_y.ravel()
     cols = np.floor(cx)[:, None].astype(np.int64) + ox[None, :]
     rows = np.floor(cy)[:, None].astype(np.int64) + oy[None, :]
     dist = np.hypot(cols + 0.5 - cx[:, None], rows + 0.5 - cy[:, None])
@@ -368,7 +369,9 @@ def render_trail(
     return draw_trail(sanitize(events, viewport), size, line_gain)
 
 
-def draw_trail(clean: Cleaned, size: tuple[int, int] = (224, 224), line_gain: float = 1.6) -> np.ndarray:
+def draw_trail(
+    clean: Cleaned, size: tuple[int, int] = (224, 224), line_gain: float = 1.6
+) -> np.ndarray:
     """:func:`render_trail` of an already sanitised session."""
     h, w = _check_size(size)
     x0, y0, x1, y1, kin, drawn = _segments(clean, (h, w))
@@ -456,9 +459,9 @@ def window_bounds(n_events: int, window_events: int = 400) -> list[tuple[int, in
     """
     if window_events < 2:
         raise InvalidSession("window_events must be at least 2", "bad_window")
-    k = max(1, int(round(n_events / window_events)))
+    k = max(1, round(n_events / window_events))
     edges = np.linspace(0, n_events, k + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
 def session_windows(

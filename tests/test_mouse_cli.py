@@ -65,10 +65,14 @@ def test_evaluate_group_writes_scores_metrics_and_roc(data: Path, tmp_path: Path
     assert Path(m["roc_png"]).exists() and Path(m["roc_png"]).parent == metrics.parent
 
 
-def test_bad_session_file_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_session_file_is_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"session_id": "x", "viewport": [1, 1], "events": [[1, 2]]}\n')
-    rc = main(["mouse", "train", "--train", str(bad), "--task", "owner", "--out", str(tmp_path), *TINY])
+    rc = main(
+        ["mouse", "train", "--train", str(bad), "--task", "owner", "--out", str(tmp_path), *TINY]
+    )
     assert rc == 2
     assert "bad_events" in capsys.readouterr().err
 

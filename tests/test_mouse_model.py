@@ -69,6 +69,8 @@ def test_owner_and_group_models_round_trip_through_the_store(tmp_path: Path):
     x = torch.rand(2, len(MODEL_CHANNELS), 32, 32)
     with torch.inference_mode():
         assert torch.allclose(back.model.embed(x), net.embed(x))
-    gpath = store.save(tmp_path, GroupModel(build(ModelConfig(width=0.0625, size=32)), prep, 0.7), "v2")
+    gpath = store.save(
+        tmp_path, GroupModel(build(ModelConfig(width=0.0625, size=32)), prep, 0.7), "v2"
+    )
     group = store.load(gpath)
     assert isinstance(group, GroupModel) and group.threshold == 0.7

@@ -33,7 +33,9 @@ def test_people_differ_in_their_kinematics():
     slow = dataclasses.replace(a, fitts_a=220, fitts_b=240)
     fast = dataclasses.replace(a, fitts_a=60, fitts_b=90)
     v = [
-        np.median(kinematics(sanitize(*generate_events(h, 3000, np.random.default_rng(1))).events).speed)
+        np.median(
+            kinematics(sanitize(*generate_events(h, 3000, np.random.default_rng(1))).events).speed
+        )
         for h in (slow, fast)
     ]
     assert v[1] > 1.3 * v[0]

@@ -63,12 +63,16 @@ async def put_session(
         "user_agent": "Mozilla/5.0 (Windows NT 10.0) Chrome/120.0",
         "pointer_type": "mouse",
     }
-    await session_store.open_session(redis, sid, site_id, fields, connection=False, now=1.0, ttl_s=600)
-    packed = [(int(round(t * 10)), int(x), int(y), int(c)) for t, x, y, c in events]
+    await session_store.open_session(
+        redis, sid, site_id, fields, connection=False, now=1.0, ttl_s=600
+    )
+    packed = [(round(t * 10), int(x), int(y), int(c)) for t, x, y, c in events]
     caps = session_store.Caps()
     for seq, start in enumerate(range(0, len(packed), 100)):
         chunk = packed[start : start + 100]
-        res = await session_store.append_frame(redis, sid, seq, chunk, chunk[0][0], chunk[-1][0], 1.0, caps)
+        res = await session_store.append_frame(
+            redis, sid, seq, chunk, chunk[0][0], chunk[-1][0], 1.0, caps
+        )
         assert res == session_store.APPENDED
     with sessions() as s, s.begin():
         s.add(PageSession(id=sid, site_id=site_id, account_id=account_id, status="ended"))
@@ -77,7 +81,10 @@ async def put_session(
 
 async def run_jobs(ctx: Context, sids: list[str]) -> list[str]:
     runner = PipelineRunner(
-        MousePipeline(ctx), ctx, WorkerConfig(block_ms=10), WorkerMetrics.create(CollectorRegistry())
+        MousePipeline(ctx),
+        ctx,
+        WorkerConfig(block_ms=10),
+        WorkerMetrics.create(CollectorRegistry()),
     )
     await runner.ensure_group()
     job_ids = [await jobs.enqueue(ctx.redis, "mouse", {"session_id": sid}) for sid in sids]
@@ -153,7 +160,7 @@ def test_flagged_session_opens_one_case_and_queues_an_alert_and_replays_are_no_o
         finally:
             await redis.aclose()
 
-    sid, job_id = asyncio.run(scenario())
+    sid, _job_id = asyncio.run(scenario())
     with sessions() as s:
         (score,) = s.scalars(select(Score)).all()
         assert score.flagged and not score.untrained and score.details["mode"] == "group"
@@ -207,14 +214,20 @@ def test_unusable_sessions_fail_permanently_and_touch_nothing_else(
             good, _ = await put_session(redis, sessions, site_id, account_id, "alice")
             bad = uuid.uuid4().hex
             await session_store.open_session(
-                redis, bad, site_id, {"viewport_w": 0, "viewport_h": 0}, connection=False, now=1.0, ttl_s=60
+                redis,
+                bad,
+                site_id,
+                {"viewport_w": 0, "viewport_h": 0},
+                connection=False,
+                now=1.0,
+                ttl_s=60,
             )
             await run_jobs(context(sessions, redis, tmp_path), [good, bad])
             return good, bad
         finally:
             await redis.aclose()
 
-    good, bad = asyncio.run(scenario())
+    good, _bad = asyncio.run(scenario())
     with sessions() as s:
         assert [r.session_id for r in s.scalars(select(Score))] == [good]
         (failure,) = s.scalars(select(JobFailure)).all()

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -72,7 +74,7 @@ def test_channels_are_finite_and_bounded(ev):
 def test_windows_cover_everything_once_with_comparable_sizes(n, window):
     bounds = window_bounds(n, window)
     assert bounds[0][0] == 0 and bounds[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     sizes = [b - a for a, b in bounds]
     assert max(sizes) - min(sizes) <= 1
     if n >= window:
@@ -140,7 +142,9 @@ def test_garbage_coordinates_are_dropped_not_drawn():
     dirty[10, 1:3] = 65535
     clean = sanitize(dirty, VIEWPORT)
     assert clean.dropped["garbage_coord"] == 1 and len(clean.events) == 29
-    assert np.array_equal(render_trail(dirty, VIEWPORT), render_trail(np.delete(ev, 10, 0), VIEWPORT))
+    assert np.array_equal(
+        render_trail(dirty, VIEWPORT), render_trail(np.delete(ev, 10, 0), VIEWPORT)
+    )
 
 
 def test_unsorted_and_duplicate_timestamps():
@@ -200,9 +204,7 @@ def test_long_sessions_are_windowed_and_capped():
 
 
 def test_pauses_and_clicks_appear_in_their_channels():
-    ev = np.vstack(
-        [line(10, 1.0), [[600, 300, 540, 0], [610, 300, 540, 1], [700, 300, 540, 2]]]
-    )
+    ev = np.vstack([line(10, 1.0), [[600, 300, 540, 0], [610, 300, 540, 1], [700, 300, 540, 2]]])
     out = draw_channels(sanitize(ev, VIEWPORT), (64, 64))
     assert out[MODEL_CHANNELS.index("pauses")].max() > 0
     assert out[MODEL_CHANNELS.index("clicks")].max() > 0

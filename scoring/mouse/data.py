@@ -43,7 +43,9 @@ def scoring_images(clean: Cleaned, prep: Preprocessing) -> np.ndarray:
     return np.stack([draw_channels(w, (prep.size, prep.size)) for w in wins])
 
 
-def session_images(events: np.ndarray, viewport: tuple[float, float], prep: Preprocessing) -> np.ndarray:
+def session_images(
+    events: np.ndarray, viewport: tuple[float, float], prep: Preprocessing
+) -> np.ndarray:
     return scoring_images(sanitize(events, viewport), prep)
 
 
@@ -54,7 +56,7 @@ def training_images(
     the session about ``oversample`` times, so the model sees the densities it will score."""
     n = len(clean.events)
     lo = min(prep.train_min_events, n)
-    count = max(1, int(round(oversample * n / prep.window_events)))
+    count = max(1, round(oversample * n / prep.window_events))
     sizes = rng.integers(lo, max(lo, min(prep.train_max_events, n)) + 1, size=count)
     starts = rng.integers(0, n - sizes + 1)
     return np.stack(
@@ -67,7 +69,7 @@ def training_images(
 
 def split_by_time(clean: Cleaned, fraction: float) -> tuple[Cleaned, Cleaned]:
     """The first ``1 - fraction`` of a session and the rest (for calibration)."""
-    cut = int(round(len(clean.events) * (1 - fraction)))
+    cut = round(len(clean.events) * (1 - fraction))
     return (
         Cleaned(clean.events[:cut], clean.viewport),
         Cleaned(clean.events[cut:], clean.viewport),

@@ -29,7 +29,10 @@ class Evaluation:
 
 
 def train_task(
-    task: str, records: Sequence[SessionRecord], model_cfg: ModelConfig, prep: Preprocessing,
+    task: str,
+    records: Sequence[SessionRecord],
+    model_cfg: ModelConfig,
+    prep: Preprocessing,
     cfg: TrainConfig,
 ) -> OwnerModel | GroupModel:
     if task == "owner":
@@ -48,7 +51,11 @@ def score_record(model: OwnerModel | GroupModel, record: SessionRecord) -> tuple
     if isinstance(model, OwnerModel):
         if record.user_id not in model.heads:
             raise InvalidSession(f"account {record.user_id!r} is not enrolled", "not_enrolled")
-        return model.session_score(record.user_id, images), model.heads[record.user_id].threshold, len(clean.events)
+        return (
+            model.session_score(record.user_id, images),
+            model.heads[record.user_id].threshold,
+            len(clean.events),
+        )
     return model.session_score(images), model.threshold, len(clean.events)
 
 
@@ -65,7 +72,8 @@ def evaluate(
     model = train_task(task, train, model_cfg, prep, cfg)
     trained = time.perf_counter()
     out = Evaluation(model)
-    users, thresholds, rates, lengths, skipped = [], [], [], [], {}
+    users, thresholds, rates, lengths = [], [], [], []
+    skipped: dict[str, int] = {}
     for record in tqdm(test, desc="score", disable=not cfg.progress):
         try:
             score, threshold, n = score_record(model, record)

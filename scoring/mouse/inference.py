@@ -110,7 +110,9 @@ class MouseScorer:
     def images(self, clean: Cleaned) -> torch.Tensor:
         """The session's windows as the model input (K, C, H, W)."""
         if len(clean.events) < MIN_EVENTS:
-            raise InvalidSession("a session needs at least two events to be scored", "too_few_events")
+            raise InvalidSession(
+                "a session needs at least two events to be scored", "too_few_events"
+            )
         return torch.from_numpy(scoring_images(clean, self.prep))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,7 @@ def make_features(cfg: ModelConfig) -> tuple[nn.Sequential, int]:
         if item == "M":
             layers.append(nn.MaxPool2d(2, 2))
             continue
-        out = max(4, int(round(int(item) * cfg.width)))
+        out = max(4, round(int(item) * cfg.width))
         layers.append(nn.Conv2d(channels, out, 3, padding=1))
         if cfg.batch_norm:
             layers.append(nn.BatchNorm2d(out))
@@ -82,10 +82,12 @@ class MouseNet(nn.Module):
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.embed_dim, cfg.n_out))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embedding(self.pool(self.features(x)))  # type: ignore[no-any-return]
+        out: torch.Tensor = self.embedding(self.pool(self.features(x)))
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))  # type: ignore[no-any-return]
+        out: torch.Tensor = self.head(self.embed(x))
+        return out
 
 
 def build(cfg: ModelConfig, pretrained: str = "none") -> MouseNet:

@@ -31,7 +31,7 @@ from renderer.mouse import Cleaned, sanitize
 from scoring.mouse.data import Preprocessing, scoring_images, split_by_time, training_images
 from scoring.mouse.model import ModelConfig, MouseNet, build
 from scoring.sessionfile import SessionRecord
-from scoring.training import predict, train_one_epoch
+from scoring.training import train_one_epoch
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,9 @@ class GroupModel:
         return float(forward_all(self.model, images, embed=False)[:, 0].mean())
 
 
-def clean_records(records: Sequence[SessionRecord]) -> tuple[list[tuple[SessionRecord, Cleaned]], int]:
+def clean_records(
+    records: Sequence[SessionRecord],
+) -> tuple[list[tuple[SessionRecord, Cleaned]], int]:
     """Sanitised sessions, skipping those that are unusable; returns how many were skipped."""
     out, skipped = [], 0
     for r in records:
@@ -180,10 +182,14 @@ def clean_records(records: Sequence[SessionRecord]) -> tuple[list[tuple[SessionR
 
 
 def _owner_windows(
-    cleaned: list[tuple[SessionRecord, Cleaned]], users: list[str], prep: Preprocessing,
-    cfg: TrainConfig, rng: np.random.Generator,
+    cleaned: list[tuple[SessionRecord, Cleaned]],
+    users: list[str],
+    prep: Preprocessing,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    xs, ys, calib = [], [], {u: [] for u in users}
+    xs, ys = [], []
+    calib: dict[str, list[np.ndarray]] = {u: [] for u in users}
     for r, clean in tqdm(cleaned, desc="render", disable=not cfg.progress, leave=False):
         fit_part, cal_part = split_by_time(clean, cfg.calib_fraction)
         if len(fit_part.events) >= 2:
@@ -194,9 +200,7 @@ def _owner_windows(
             calib[r.user_id].append(scoring_images(cal_part, prep))
     if not xs:
         raise InvalidInput("no usable enrolment sessions", "no_training_data")
-    calib_arr = {
-        u: np.concatenate(v) for u, v in calib.items() if v
-    }
+    calib_arr = {u: np.concatenate(v) for u, v in calib.items() if v}
     return np.concatenate(xs), np.concatenate(ys), calib_arr
 
 
@@ -210,7 +214,9 @@ def train_owner(
     cleaned, skipped = clean_records([r for r in records if r.label in (None, "genuine")])
     users = sorted({r.user_id for r, _ in cleaned})
     if len(users) < 2:
-        raise InvalidInput("owner training needs genuine sessions of at least 2 accounts", "no_training_data")
+        raise InvalidInput(
+            "owner training needs genuine sessions of at least 2 accounts", "no_training_data"
+        )
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     x, y, calib = _owner_windows(cleaned, users, prep, cfg, rng)
@@ -245,8 +251,11 @@ def train_owner(
 
 
 def _group_windows(
-    cleaned: list[tuple[SessionRecord, Cleaned]], prep: Preprocessing, cfg: TrainConfig,
-    rng: np.random.Generator, calib_users: set[str],
+    cleaned: list[tuple[SessionRecord, Cleaned]],
+    prep: Preprocessing,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    calib_users: set[str],
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[float, np.ndarray]]]:
     xs, ys, calib = [], [], []
     for r, clean in tqdm(cleaned, desc="render", disable=not cfg.progress, leave=False):
@@ -271,12 +280,14 @@ def train_group(
     """Customer (0) vs non-customer (1); people held out for calibration are never trained on."""
     labelled = [r for r in records if r.label in ("customer", "noncustomer")]
     if {r.label for r in labelled} != {"customer", "noncustomer"}:
-        raise InvalidInput("group training needs customer and noncustomer sessions", "no_training_data")
+        raise InvalidInput(
+            "group training needs customer and noncustomer sessions", "no_training_data"
+        )
     cleaned, skipped = clean_records(labelled)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     people = sorted({r.user_id for r, _ in cleaned})
-    n_cal = int(round(len(people) * cfg.calib_fraction)) if len(people) >= 5 else 0
+    n_cal = round(len(people) * cfg.calib_fraction) if len(people) >= 5 else 0
     calib_users = set(rng.choice(people, n_cal, replace=False).tolist()) if n_cal else set()
     x, y, calib = _group_windows(cleaned, prep, cfg, rng, calib_users)
     model = build(ModelConfig(**{**model_cfg.to_dict(), "n_out": 1}), cfg.pretrained)
@@ -286,9 +297,7 @@ def train_group(
     targets = np.array([t for t, _ in calib])
     if len(calib) and (targets == 0).any():
         out.threshold = calibrate(scores[targets == 0], cfg.target_far)
-    val_auc = (
-        float(roc_auc_score(targets, scores)) if len(set(targets.tolist())) == 2 else None
-    )
+    val_auc = float(roc_auc_score(targets, scores)) if len(set(targets.tolist())) == 2 else None
     out.metrics = {
         "task": "group",
         "train_windows": len(x),

@@ -26,7 +26,6 @@ from scoring.mouse.inference import MouseScorer
 from scoring.pipelines.base import Job, Pipeline
 from scoring.schema import PageSession, ReviewCase, Score
 
-
 UNTRAINED_THRESHOLD = 1e9
 """Stored as the threshold of an untrained score (never flagged); finite for every database."""
 
@@ -88,7 +87,9 @@ class MousePipeline(Pipeline):
             threshold=threshold if threshold is not None else UNTRAINED_THRESHOLD,
             flagged=result["flagged"],
             untrained=result["untrained"],
-            details={k: result[k] for k in ("mode", "risk", "n_windows", "version", "dropped_rows")},
+            details={
+                k: result[k] for k in ("mode", "risk", "n_windows", "version", "dropped_rows")
+            },
         )
         try:
             with session.begin_nested():

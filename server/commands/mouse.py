@@ -49,9 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "accounts", "outsiders", "enrol_sessions", "enrol_events", "test_sessions",
         "test_min_events", "test_max_events", "group_people", "group_sessions", "seed",
     ):  # fmt: skip
-        sy.add_argument(
-            "--" + name.replace("_", "-"), type=int, default=getattr(defaults, name)
-        )
+        sy.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     sy.set_defaults(func=synthesise)
 
 
@@ -121,7 +119,10 @@ def evaluate(settings: Settings, args: argparse.Namespace) -> int:
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     if len(set(result.labels)) == 2:
         roc = roc_png(
-            args.json_out.with_suffix(".roc.png"), result.labels, result.scores, f"mouse {args.task}"
+            args.json_out.with_suffix(".roc.png"),
+            result.labels,
+            result.scores,
+            f"mouse {args.task}",
         )
         result.metrics["roc_png"] = str(roc)
     args.json_out.write_text(json.dumps(result.metrics, indent=2))

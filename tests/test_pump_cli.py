@@ -83,6 +83,8 @@ def test_import_now_and_images_of_the_field_cards(
     assert main(["pump", "image", str(field), str(env / "img"), "--size", "96"]) == 0
     pngs = sorted((env / "img").glob("pump-*.png"))
     assert len(pngs) == 7 and all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
+    assert main(["render", "pump", str(field), "--out", str(env / "r"), "--size", "64"]) == 0
+    assert {p.name for p in (env / "r").glob("*.png")} == {p.name for p in pngs}
 
 
 def test_import_without_redis_or_now_refuses(env: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import uuid
 from dataclasses import replace
@@ -55,6 +56,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     img.add_argument("--size", type=int, default=256)
     img.add_argument("--prefix", default="pump-")
     img.set_defaults(func=images)
+
+
+def register_render(rsub: argparse._SubParsersAction) -> None:
+    """``trailguard render pump CARDS --out DIR``: the same drawing as ``pump image``."""
+    rp = rsub.add_parser("pump", help="one PNG per dynamometer card of a CSV")
+    rp.add_argument("cards", type=Path, help="CSV in the two-column or long layout")
+    rp.add_argument("--out", type=Path, dest="out_dir", required=True)
+    rp.add_argument("--size", type=int, default=256)
+    rp.add_argument("--prefix", default="pump-")
+    rp.set_defaults(func=images)
 
 
 def _register_synth(psub: argparse._SubParsersAction) -> None:
@@ -274,7 +285,8 @@ def images(settings: Settings, args: argparse.Namespace) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for card in cards:
         image = render_card(card.position, card.load, size=args.size, line_width=2.5, fill=True)
-        path = args.out_dir / f"{args.prefix}{card.card_id}.png"
+        safe = re.sub(r"[^A-Za-z0-9_-]", "_", card.card_id)[:120]
+        path = args.out_dir / f"{args.prefix}{safe}.png"
         Image.fromarray(to_png_array(image)).save(path)
         print(f"{card.card_id}\t{card.n_points} points\t{path}")
     return 0

@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     mouse.add_argument("--size", type=int, default=224, help="image side in pixels")
     mouse.add_argument("--limit", type=int, default=0, help="stop after this many (0: all)")
     mouse.set_defaults(func=render_mouse)
+    from server.commands.pump import register_render  # the pump area owns its drawing
+
+    register_render(rsub)
 
 
 def safe_name(session_id: str) -> str:

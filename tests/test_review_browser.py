@@ -8,31 +8,29 @@ The test also takes the screenshots of the queue and the case page in docs/img/.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
-from aiosmtpd.controller import Controller
 from conftest import CHROMIUM_ARGS
 from sqlalchemy import select
 from test_review_support import (
     PASSWORD,
+    Inbox,
     add_genuine_history,
     add_people,
     add_scored_case,
     add_site,
+    free_port,
     make_settings,
     sessions_for,
+    smtp_inbox,
 )
 
 from scoring.schema import Alert, CaseEvent, PageSession, ReviewCase
@@ -44,35 +42,10 @@ pytestmark = pytest.mark.browser
 IMG_DIR = Path(__file__).resolve().parent.parent / "docs" / "img"
 
 
-@dataclass
-class Inbox:
-    """An aiosmtpd handler keeping every message it receives."""
-
-    messages: list[EmailMessage] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        return "250 Message accepted for delivery"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def inbox() -> Iterator[tuple[Inbox, int]]:
-    handler = Inbox()
-    port = _free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield handler, port
-    finally:
-        controller.stop()
+    with smtp_inbox() as found:
+        yield found
 
 
 def _serve(settings: Settings) -> tuple[uvicorn.Server, threading.Thread]:
@@ -94,7 +67,7 @@ def _serve(settings: Settings) -> tuple[uvicorn.Server, threading.Thread]:
 def live(
     tmp_path: Path, migrated_database_url: str, redis_url: str, inbox: tuple[Inbox, int]
 ) -> Iterator[tuple[str, Settings]]:
-    base = f"http://127.0.0.1:{_free_port()}"
+    base = f"http://127.0.0.1:{free_port()}"
     settings = make_settings(
         tmp_path,
         migrated_database_url,

@@ -22,6 +22,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -126,7 +127,9 @@ def store_cards(session: Session, cards: Sequence[Card], source: str) -> list[Pu
     try:
         session.flush()
     except IntegrityError as e:
-        raise CardExists("a card with the same well_id and card_id already exists", "card_exists") from e
+        raise CardExists(
+            "a card with the same well_id and card_id already exists", "card_exists"
+        ) from e
     return rows
 
 
@@ -139,10 +142,20 @@ async def _submit(request: Request, cards: list[Card], source: str) -> JSONRespo
             return [(r.id, r.well_id, r.card_id) for r in rows]
 
     stored = await run_in_threadpool(insert)
-    out = []
-    for pk, well, card_id in stored:
-        job_id = await jobs.enqueue(svc.redis, "pump", {"card_pk": str(pk)})
-        out.append({"card_pk": pk, "well_id": well, "card_id": card_id, "job_id": job_id})
+    out: list[dict[str, Any]] = [
+        {"card_pk": pk, "well_id": well, "card_id": card_id, "job_id": None}
+        for pk, well, card_id in stored
+    ]
+    try:
+        for item in out:
+            item["job_id"] = await jobs.enqueue(
+                svc.redis, "pump", {"card_pk": str(item["card_pk"])}
+            )
+    except RedisError as e:
+        # the cards are safely stored; say which still need POST …/diagnose
+        detail = f"cards stored but not all queued ({e.__class__.__name__}); queue them again"
+        body = {"error": "queue_unavailable", "detail": detail, "cards": out}
+        return JSONResponse(body, status_code=503)
     return JSONResponse({"cards": out}, status_code=202)
 
 

@@ -178,3 +178,16 @@ def test_site_secret_is_required(client: TestClient, auth: dict[str, str]) -> No
         assert response.status_code == 401 and response.json()["error"] == "access_denied"
         assert client.get("/api/pump/cards/1", headers=headers).status_code == 401
     assert client.get("/api/pump/cards/424242", headers=auth).status_code == 404
+
+
+def test_queue_outage_keeps_the_cards_and_says_so(
+    app_settings: Settings, auth: dict[str, str]
+) -> None:
+    # nothing listens on port 1: every enqueue fails after the cards are committed
+    with TestClient(create_app(app_settings, redis_url="redis://127.0.0.1:1/0")) as down:
+        response = down.post("/api/pump/cards", json=_card_json("kept"), headers=auth)
+    assert response.status_code == 503, response.text
+    body = response.json()
+    assert body["error"] == "queue_unavailable"
+    assert body["cards"][0]["job_id"] is None and body["cards"][0]["card_id"] == "kept"
+    assert _count(app_settings) == 1

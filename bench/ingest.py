@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,6 +102,7 @@ class Stats:
     sent_samples: int = 0
     acked: int = 0
     failed_pages: int = 0
+    reconnects: int = 0
     latencies: list[float] = field(default_factory=list)
     sids: list[str] = field(default_factory=list)
 
@@ -125,60 +127,93 @@ def frame_samples(rng: random.Random, k: int, per_frame: int, rate_hz: int) -> l
     return out
 
 
-async def one_page(
-    url: str, key: str, seconds: float, rate_hz: int, stats: Stats, t_begin: float
-) -> None:
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
+class Page:
+    """One simulated page: frames on a fixed schedule, and a connection that, like the snippet,
+    reconnects after a drop and resends every frame not yet acknowledged."""
 
-    loop = asyncio.get_running_loop()
-    rng = random.Random()
-    sid = secrets.token_hex(16)
-    per_frame = round(rate_hz * FRAME_S)
-    frames = max(1, round(seconds / FRAME_S))
-    sent: dict[int, float] = {}
-    hello = wire.Hello(sid, key, "/bench", (1920, 1080), 1.0, "mouse", "", 0)
-    try:
-        async with connect(url, origin=ORIGIN, compression=None, max_queue=None) as ws:  # type: ignore[arg-type]
-            await ws.send(wire.encode_hello(hello))
-            stats.sids.append(sid)
+    def __init__(self, url: str, key: str, stats: Stats, rate_hz: int, frames: int) -> None:
+        self.url, self.stats, self.rate_hz, self.frames = url, stats, rate_hz, frames
+        self.rng = random.Random()
+        sid = secrets.token_hex(16)
+        self.hello = wire.encode_hello(
+            wire.Hello(sid, key, "/bench", (1920, 1080), 1.0, "mouse", "", 0)
+        )
+        self.sid = sid
+        self.unacked: dict[int, tuple[float, bytes]] = {}
+        self.ws: Any = None
+        self.produced = asyncio.Event()
 
-            async def read_acks() -> None:
-                with contextlib.suppress(ConnectionClosed):
-                    async for message in ws:
-                        seq = ack_seq(message) if isinstance(message, bytes) else None
-                        if seq is not None and seq in sent:
-                            stats.latencies.append(loop.time() - sent.pop(seq))
-                            stats.acked += 1
+    async def produce(self, t_begin: float) -> None:
+        loop = asyncio.get_running_loop()
+        offset = self.rng.random() * FRAME_S  # pages are not in lockstep
+        per_frame = round(self.rate_hz * FRAME_S)
+        for k in range(self.frames):
+            await asyncio.sleep(max(0.0, t_begin + offset + k * FRAME_S - loop.time()))
+            samples = frame_samples(self.rng, k, per_frame, self.rate_hz)
+            end = "pagehide" if k == self.frames - 1 else None
+            raw = wire.encode_moves(k, samples, end=end)
+            self.unacked[k] = (loop.time(), raw)
+            self.stats.sent_frames += 1
+            self.stats.sent_samples += len(samples)
+            if self.ws is not None:
+                with contextlib.suppress(Exception):  # a drop is handled by connect()
+                    await self.ws.send(raw)
+        self.produced.set()
 
-            reader = asyncio.create_task(read_acks())
-            offset = rng.random() * FRAME_S  # pages are not in lockstep
-            for k in range(frames):
-                await asyncio.sleep(max(0.0, t_begin + offset + k * FRAME_S - loop.time()))
-                samples = frame_samples(rng, k, per_frame, rate_hz)
-                end = "pagehide" if k == frames - 1 else None
-                raw = wire.encode_moves(k, samples, end=end)
-                sent[k] = loop.time()
-                await ws.send(raw)
-                stats.sent_frames += 1
-                stats.sent_samples += len(samples)
-            deadline = loop.time() + 10
-            while sent and loop.time() < deadline:
-                await asyncio.sleep(0.05)
-            reader.cancel()
-    except Exception as e:  # a page that fails is counted, the run goes on
-        stats.failed_pages += 1
-        if stats.failed_pages <= 3:
-            print(f"page failed: {e.__class__.__name__}: {e}", file=sys.stderr)
+    def done(self) -> bool:
+        return self.produced.is_set() and not self.unacked
+
+    async def connect_once(self) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed
+
+        loop = asyncio.get_running_loop()
+        async with connect(self.url, origin=ORIGIN, compression=None, max_queue=None) as ws:  # type: ignore[arg-type]
+            await ws.send(self.hello)
+            self.ws = ws  # frames produced from now on go out at once
+            for seq in sorted(self.unacked):
+                if seq in self.unacked:
+                    await ws.send(self.unacked[seq][1])
+            with contextlib.suppress(ConnectionClosed):
+                async for message in ws:
+                    seq = ack_seq(message) if isinstance(message, bytes) else None
+                    if seq is not None and seq in self.unacked:
+                        self.stats.latencies.append(loop.time() - self.unacked.pop(seq)[0])
+                        self.stats.acked += 1
+                    if self.done():
+                        return
+            self.ws = None
+
+    async def run(self, t_begin: float, deadline: float) -> None:
+        producer = asyncio.create_task(self.produce(t_begin))
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while not self.done() and loop.time() < deadline:
+            try:
+                await asyncio.wait_for(self.connect_once(), timeout=deadline - loop.time())
+            except Exception as e:  # dropped or refused: back off and resend, as the snippet does
+                self.ws = None
+                if self.done():
+                    break
+                self.stats.reconnects += 1
+                if self.stats.reconnects <= 3:
+                    print(f"reconnecting after {e.__class__.__name__}: {e}", file=sys.stderr)
+                attempt += 1
+                await asyncio.sleep(min(5.0, 0.25 * 2**attempt) * (0.5 + self.rng.random() / 2))
+        producer.cancel()
+        if not self.done():
+            self.stats.failed_pages += 1
 
 
 async def run_pages(url: str, key: str, pages: int, seconds: float, rate_hz: int) -> Stats:
     stats = Stats()
     loop = asyncio.get_running_loop()
     t_begin = loop.time() + 1.0 + pages / 500  # time to open every connection first
-    await asyncio.gather(
-        *(one_page(url, key, seconds, rate_hz, stats, t_begin) for _ in range(pages))
-    )
+    frames = max(1, round(seconds / FRAME_S))
+    all_pages = [Page(url, key, stats, rate_hz, frames) for _ in range(pages)]
+    stats.sids = [p.sid for p in all_pages]
+    deadline = t_begin + seconds + 30  # whatever is unacknowledged by then counts as lost
+    await asyncio.gather(*(p.run(t_begin, deadline) for p in all_pages))
     return stats
 
 
@@ -297,7 +332,8 @@ def percentile_ms(values: list[float], q: float) -> float:
 def report(name: str, r: Result) -> None:
     s = r.stats
     print(
-        f"{name:10s} pages={len(s.sids)} failed={s.failed_pages} frames_sent={s.sent_frames} "
+        f"{name:10s} pages={len(s.sids)} unfinished={s.failed_pages} reconnects={s.reconnects} "
+        f"frames_sent={s.sent_frames} "
         f"acked={s.acked} ack_msgs_per_s={s.acked / r.wall_s:.0f} "
         f"p50_ack_ms={percentile_ms(s.latencies, 50):.1f} "
         f"p99_ack_ms={percentile_ms(s.latencies, 99):.1f} server_cpu={r.cpu:.2f} "

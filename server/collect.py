@@ -187,16 +187,12 @@ class Ingest:
         if self.connection:
             self._take_tokens(frame.n_samples)
         now = time.time()
-        status = await store.append_frame(
-            self.svc.redis,
-            self.sid,
-            frame.seq,
-            frame.events,
-            frame.t0,
-            frame.t_last,
-            now,
-            self.cfg.caps,
-        )
+        batcher = getattr(self.app.state, "collector_batcher", None)
+        args = (self.sid, frame.seq, frame.events, frame.t0, frame.t_last, now, self.cfg.caps)
+        if isinstance(batcher, store.AppendBatcher):
+            status = await batcher.append(*args)
+        else:  # an app run without its lifespan (no batcher task): one round trip per frame
+            status = await store.append_frame(self.svc.redis, *args)
         _raise_for(status, frame)
         if status == store.APPENDED:
             await self._apply_records(frame)
@@ -319,14 +315,19 @@ async def _sweep_forever(app: Starlette) -> None:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    """Runs the session sweeper for as long as the app runs."""
-    task = asyncio.create_task(_sweep_forever(app))
+    """Runs the session sweeper and the Redis append batcher for as long as the app runs."""
+    batcher = store.AppendBatcher(_services(app).redis)
+    app.state.collector_batcher = batcher
+    tasks = [asyncio.create_task(_sweep_forever(app)), asyncio.create_task(batcher.run())]
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        app.state.collector_batcher = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 # --- endpoints ---------------------------------------------------------------------------

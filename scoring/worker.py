@@ -165,6 +165,7 @@ class PipelineRunner:
         self._own_cursor: str | None = "0"
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
+        self._settling: asyncio.Task[None] | None = None
         self.batches = 0
 
     # --- the loop ---------------------------------------------------------------------------
@@ -187,10 +188,13 @@ class PipelineRunner:
         await self._leave_group()
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            entries = await self.next_entries()
-            if entries:
-                await self.process_batch(entries)
+        try:
+            while not stop.is_set():
+                entries = await self.next_entries()
+                if entries:
+                    await self.process_batch(entries)
+        finally:
+            await self.drain()
 
     async def ensure_group(self) -> None:
         try:
@@ -298,11 +302,31 @@ class PipelineRunner:
     # --- a batch ----------------------------------------------------------------------------
 
     async def process_batch(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        """Decode and compute this batch while the previous one commits, then hand it over.
+
+        At most one batch is being committed at a time, so a batch's jobs are acknowledged in
+        order and :meth:`drain` (on stop, or before the next hand-over) bounds what is in flight.
+        """
         jobs = await self._start_jobs(entries)
         outcomes = await self._decode(jobs)
         live = [o for o in outcomes if o.error is None and not o.outage]
         if live:
             await asyncio.to_thread(self._compute, live)
+        try:
+            await self.drain()
+        except Exception:  # the previous batch met an outage: this one waits for a re-read
+            await self._give_back_attempts([o.job for o in outcomes])
+            raise
+        self._settling = asyncio.create_task(self._settle(outcomes))
+
+    async def drain(self) -> None:
+        """Wait for the batch being committed; its StoreOutage (if any) is raised here."""
+        task, self._settling = self._settling, None
+        if task is not None:
+            await task
+
+    async def _settle(self, outcomes: list[Outcome]) -> None:
+        """Commit + acknowledge the done jobs, dead-letter or keep the failed ones."""
         await self._finish([o for o in outcomes if o.result is not None])
         await self._fail([o for o in outcomes if o.error is not None and not o.outage])
         outages = [o for o in outcomes if o.outage]

@@ -156,7 +156,7 @@ def test_sigterm_finishes_the_batch_in_flight_then_exits(
     assert workers[0].proc.wait(20) == 0, workers[0].output()
 
     done = result_counts(sessions)
-    assert len(done) in (3, 6), "whole batches only"
+    assert len(done) >= 3 and len(done) % 3 == 0, "whole batches only"
     assert set(done) <= set(jobs) and all(n == 1 for n in done.values())
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
     assert redis_client.xlen(STREAM) == 8 - len(done)

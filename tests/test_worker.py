@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import redis
 import redis.asyncio as aioredis
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 from test_worker_pipeline import (
@@ -25,7 +28,7 @@ from scoring import keys
 from scoring.database import make_engine, make_sessionmaker
 from scoring.metrics import WorkerMetrics
 from scoring.pipelines.base import Context, Job
-from scoring.worker import Worker, WorkerConfig
+from scoring.worker import PipelineRunner, Worker, WorkerConfig
 
 
 def run_worker(
@@ -166,3 +169,45 @@ def test_poison_job_dead_letters_after_n_attempts_while_jobs_behind_it_are_score
     dead = redis_client.xrange(keys.dead_letter_stream(NAME))
     assert len(dead) == 1 and dead[0][1][b"attempts"] == b"3"
     assert b"probe poison job" in dead[0][1][b"error"]
+
+
+def test_a_foreign_key_violation_is_a_failure_not_already_done(
+    redis_client: redis.Redis, redis_url: str, migrated_database_url: str
+) -> None:
+    sessions = _sessions(migrated_database_url)
+    rng = np.random.default_rng(6)
+    job = enqueue(redis_client, "no-such-session", rng)
+    config = WorkerConfig(batch_size=1, max_attempts=1)
+    metrics = run_worker(redis_url, sessions, config, lambda: job in failures(sessions))
+    assert result_counts(sessions) == {}
+    assert "IntegrityError" in failures(sessions)[job].error
+    assert metrics.jobs.labels(NAME, "duplicate")._value.get() == 0
+    assert metrics.jobs.labels(NAME, "dead_letter")._value.get() == 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    windows=st.lists(st.integers(1, 5), min_size=1, max_size=6),
+    batch_size=st.integers(1, 7),
+    seed=st.integers(0, 2**16),
+)
+def test_chunked_batch_scoring_equals_scoring_each_image_alone(
+    windows: list[int], batch_size: int, seed: int
+) -> None:
+    ctx = Context(sessions=None, redis=None, model_dir=Path("."), data_dir=Path("."))  # type: ignore[arg-type]
+    pipeline = ProbePipeline(ctx)
+    runner = PipelineRunner(
+        pipeline,
+        ctx,
+        WorkerConfig(batch_size=batch_size),
+        WorkerMetrics.create(CollectorRegistry()),
+    )
+    gen = torch.Generator().manual_seed(seed)
+    per_item = [torch.rand((k, 1, 32, 32), generator=gen) for k in windows]
+    ProbePipeline.forward_sizes.clear()
+    outputs = runner._score_images(per_item)
+    assert max(ProbePipeline.forward_sizes) <= batch_size
+    assert sum(ProbePipeline.forward_sizes) == sum(windows)
+    for images, out in zip(per_item, outputs, strict=True):
+        alone = torch.cat([pipeline.score(image[None]) for image in images])
+        torch.testing.assert_close(out, alone, atol=1e-5, rtol=1e-5)

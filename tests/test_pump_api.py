@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import json
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from scoring import keys
 from scoring.database import make_engine, make_sessionmaker
-from scoring.pipelines.base import Context, Job
+from scoring.metrics import WorkerMetrics
+from scoring.pipelines.base import Context
 from scoring.pipelines.pump import PumpPipeline
 from scoring.pump import synth
-from scoring.schema import PumpCard
+from scoring.schema import PumpCard, PumpDiagnosis
+from scoring.worker import Worker, WorkerConfig
 from server.app import create_app
 from server.settings import Settings, load_settings
 from server.sites import create_site
@@ -65,13 +71,39 @@ def _jobs(redis_url: str) -> list[dict[bytes, bytes]]:
         client.close()
 
 
+def _diagnosed(settings: Settings) -> int:
+    with make_sessionmaker(make_engine(settings.database_url))() as session:
+        return int(session.scalar(select(func.count()).select_from(PumpDiagnosis)) or 0)
+
+
+def _run_worker(settings: Settings, until: Callable[[], bool]) -> None:
+    """The real worker loop with the pump pipeline, in process, until ``until()`` holds."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(settings.redis_url or "")
+        sessions = make_sessionmaker(make_engine(settings.database_url))
+        ctx = Context(sessions, client, settings.model_dir, settings.data_dir)
+        metrics = WorkerMetrics.create(CollectorRegistry())
+        stop = asyncio.Event()
+        worker = Worker([PumpPipeline(ctx)], ctx, WorkerConfig(batch_size=4), metrics)
+        task = asyncio.create_task(worker.run(stop))
+        deadline = time.monotonic() + 120
+        while not await asyncio.to_thread(until) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.wait_for(task, 60)
+        await client.aclose()
+
+    asyncio.run(main())
+
+
 def _count(settings: Settings) -> int:
     with make_sessionmaker(make_engine(settings.database_url))() as session:
         return int(session.scalar(select(func.count()).select_from(PumpCard)) or 0)
 
 
-def test_submit_json_then_diagnose_and_fetch(
-    client: TestClient, auth: dict[str, str], app_settings: Settings, tmp_path: Path
+def test_submit_json_then_worker_diagnoses_and_fetch(
+    client: TestClient, auth: dict[str, str], app_settings: Settings
 ) -> None:
     body = {"well_id": "W-12", "cards": [_card_json("a"), _card_json("b", "rod_part", 1)]}
     response = client.post("/api/pump/cards", json=body, headers=auth)
@@ -85,26 +117,21 @@ def test_submit_json_then_diagnose_and_fetch(
     pending = client.get(f"/api/pump/cards/{stored[0]['card_pk']}", headers=auth).json()
     assert pending["status"] == "pending" and pending["diagnosis"] is None
 
-    # run the queued job through the pipeline as a worker would
-    sessions = make_sessionmaker(make_engine(app_settings.database_url))
-    ctx = Context(sessions=sessions, redis=None, model_dir=tmp_path, data_dir=tmp_path)  # type: ignore[arg-type]
-    pipeline = PumpPipeline(ctx)
-    job = Job(
-        id=stored[0]["job_id"], pipeline="pump", fields={"card_pk": str(stored[0]["card_pk"])}
-    )
-    item = asyncio.run(pipeline.decode(job))
-    with sessions() as session, session.begin():
-        pipeline.persist(session, job, item, pipeline.process(item))
-
+    _run_worker(app_settings, lambda: _diagnosed(app_settings) == 2)
     done = client.get(f"/api/pump/cards/{stored[0]['card_pk']}", headers=auth).json()
     assert done["status"] == "done" and done["well_id"] == "W-12"
     assert done["diagnosis"]["untrained"] is True
     assert done["diagnosis"]["mode"] in synth.MODES
     well = client.get("/api/pump/wells/W-12/diagnoses", headers=auth).json()
-    assert [c["status"] for c in well["cards"]] == ["done", "pending"]
+    assert [c["status"] for c in well["cards"]] == ["done", "done"]
+    assert well["cards"][1]["diagnosis"]["job_id"] == stored[1]["job_id"]
 
     again = client.post(f"/api/pump/cards/{stored[1]['card_pk']}/diagnose", headers=auth)
-    assert again.status_code == 202 and len(_jobs(app_settings.redis_url or "")) == 3
+    assert again.status_code == 202
+    # the worker deletes the jobs it has done: only the new one waits
+    assert [j[b"job_id"].decode() for j in _jobs(app_settings.redis_url or "")] == [
+        again.json()["job_id"]
+    ]
 
 
 def test_csv_upload_of_the_real_field_cards(
@@ -140,7 +167,7 @@ def test_bad_input_is_refused_and_loses_nothing(
     client: TestClient, auth: dict[str, str], app_settings: Settings
 ) -> None:
     good = _card_json("ok")
-    nan = {**_card_json("nan"), "load": [float("nan")] + _card_json("nan")["load"][1:]}
+    nan = {**_card_json("nan"), "load": [float("nan"), *_card_json("nan")["load"][1:]]}
     cases = [
         (
             {"cards": [good, {"card_id": "short", "position": [1, 2], "load": [3, 4]}]},
@@ -155,8 +182,6 @@ def test_bad_input_is_refused_and_loses_nothing(
         assert response.status_code == 400, (code, response.text)
         assert response.json()["error"] == code
     # NaN is not JSON: sent as text, Python's json accepts it, the validator does not
-    import json
-
     response = client.post("/api/pump/cards", content=json.dumps({"cards": [nan]}), headers=auth)
     assert response.status_code == 400 and response.json()["error"] == "not_finite"
     response = client.post("/api/pump/cards", content=b"{not json", headers=auth)

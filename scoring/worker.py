@@ -595,8 +595,11 @@ class Worker:
     ) -> None:
         self.runners = [PipelineRunner(p, ctx, config, metrics) for p in pipelines]
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Process batches until ``stop`` is set; the batch in flight is finished first."""
+    async def run(self, stop: asyncio.Event, load: bool = True) -> None:
+        """Process batches until ``stop`` is set; the batch in flight is finished first.
+
+        ``load=False`` when the caller has already loaded the pipelines' models."""
         for runner in self.runners:
-            runner.pipeline.load()
+            if load:
+                runner.pipeline.load()
         await asyncio.gather(*(runner.run(stop) for runner in self.runners))

@@ -147,3 +147,27 @@ def _stop_embedded_redis(directory: Path) -> None:
                 os.kill(int(proc_dir.name), signal.SIGTERM)
         except OSError:
             continue
+
+
+def test_a_pipeline_whose_model_fails_to_load_is_reported_and_not_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    redis_url: str,
+    sqlite_url: str,
+) -> None:
+    (tmp_path / "tg_bad_load.py").write_text(
+        "from test_worker_pipeline import ProbePipeline\n\n\n"
+        "class NoModel(ProbePipeline):\n"
+        "    def load(self) -> None:\n"
+        "        raise RuntimeError('model file var/models/probe.pt is missing')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TRAILGUARD_REDIS_URL", redis_url)
+    monkeypatch.setenv("TRAILGUARD_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("TRAILGUARD_DATA_DIR", str(tmp_path / "var"))
+    assert main(["worker", "--pipelines", "tg_bad_load:NoModel"]) == 2
+    err = capsys.readouterr().err
+    assert "pipeline 'probe' failed to load: RuntimeError: model file var/models/probe.pt" in err
+    assert "not starting" in err
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ, "metrics were set up for nothing"

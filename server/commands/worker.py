@@ -144,21 +144,22 @@ def worker(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     config = _config(settings, args)
     device = _device(settings, args)
-    metrics = _metrics(settings, args)
     started = ", ".join(c.name for c in loaded.classes)
     print(f"trailguard worker {config.consumer}: pipelines {started}", file=sys.stderr, flush=True)
-    asyncio.run(_serve(settings, settings.redis_url, loaded.classes, config, device, metrics))
-    return 0
+    return asyncio.run(
+        _serve(settings, args, settings.redis_url, loaded.classes, config, device, explicit)
+    )
 
 
 async def _serve(
     settings: Settings,
+    args: argparse.Namespace,
     redis_url: str,
     classes: list[type[Pipeline]],
     config: WorkerConfig,
     device: str,
-    metrics: WorkerMetrics,
-) -> None:
+    strict: bool,
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -173,7 +174,34 @@ async def _serve(
         device=device,
     )
     try:
-        await Worker([cls(ctx) for cls in classes], ctx, config, metrics).run(stop)
+        pipelines = loaded_pipelines(classes, ctx, strict)
+        if not pipelines:
+            return 2
+        metrics = _metrics(settings, args)  # only once it runs: multiprocess mode is global
+        await Worker(pipelines, ctx, config, metrics).run(stop, load=False)
+        return 0
     finally:
         await redis.aclose()
         engine.dispose()
+
+
+def loaded_pipelines(classes: list[type[Pipeline]], ctx: Context, strict: bool) -> list[Pipeline]:
+    """Instances whose models loaded; the others are reported (and with ``strict``, none run)."""
+    pipelines: list[Pipeline] = []
+    failed = False
+    for cls in classes:
+        try:
+            pipeline = cls(ctx)
+            pipeline.load()
+        except Exception as e:  # start-up boundary: report each pipeline that cannot start
+            print(
+                f"trailguard worker: pipeline {cls.name!r} failed to load: {type(e).__name__}: {e}",
+                file=sys.stderr,
+            )
+            failed = True
+            continue
+        pipelines.append(pipeline)
+    if failed and (strict or not pipelines):
+        print("trailguard worker: not starting (see above)", file=sys.stderr)
+        return []
+    return pipelines

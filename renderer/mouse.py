@@ -70,8 +70,23 @@ BACKGROUND = np.array([255, 255, 255], dtype=np.float32)
 LEFT_COLOUR = np.array([0, 170, 60], dtype=np.float32)
 RIGHT_COLOUR = np.array([220, 20, 30], dtype=np.float32)
 
-MODEL_CHANNELS = ("coverage", "speed", "acceleration", "turning", "pauses", "clicks")
-"""Channels of :func:`render_channels`, the model's input."""
+MODEL_CHANNELS = (
+    "coverage",
+    "speed",
+    "acceleration",
+    "turning",
+    "pauses",
+    "clicks",
+    "phase_speed_acceleration",
+    "phase_speed_turning",
+)
+"""Channels of :func:`render_channels`, the model's input. The first six are the trail in
+screen space; the last two draw the same movement in phase space (x: speed level, y:
+acceleration or turning level), a picture of the person's velocity profile that does not
+depend on where the page's controls are."""
+PHASE_INK = 8.0
+"""Phase-plane ink is ``log1p(coverage) / log1p(PHASE_INK)`` (clipped at 1): dense regions
+saturate gently instead of at the first overlap."""
 
 
 @dataclass(frozen=True)
@@ -447,7 +462,44 @@ def draw_channels(clean: Cleaned, size: tuple[int, int] = (64, 64)) -> np.ndarra
             value = sign * np.tanh(np.nan_to_num(dur, nan=PRESS_SCALE_MS) / PRESS_SCALE_MS)
             clicks += stamp_discs(cx, cy, value, radius, (h, w))
     out[5] = np.clip(clicks, -1, 1)
+    out[6], out[7] = _phase_planes(kin, drawn, (h, w))
     return out
+
+
+def _smooth(values: np.ndarray, k: int = 5) -> np.ndarray:
+    """Centred moving average (edges use the samples that exist)."""
+    kernel = np.ones(k)
+    num = np.convolve(values, kernel, mode="same")
+    den = np.convolve(np.ones_like(values), kernel, mode="same")
+    return num / den
+
+
+def _histogram(px: np.ndarray, py: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    idx, taps, inside = _bilinear(px.astype(np.float32), py.astype(np.float32), h, w)
+    counts = np.bincount(idx[inside], weights=taps[inside], minlength=h * w).reshape(h, w)
+    out: np.ndarray = np.minimum(np.log1p(counts) / np.log1p(PHASE_INK), 1.0)
+    return out
+
+
+def _phase_planes(
+    kin: Kinematics, drawn: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where the movement spends its samples in (speed, acceleration) and (speed, turning)
+    coordinates, from lightly smoothed kinematics (raw finite differences are mostly tremor
+    and sampling jitter)."""
+    h, w = size
+    if len(kin.speed) < 3:
+        return np.zeros(size), np.zeros(size)
+    speed = _smooth(kin.speed)
+    dt = np.maximum(kin.dt, MIN_DT_MS)
+    acc = np.gradient(speed) / dt
+    turn = _smooth(kin.turning)
+    keep = drawn
+    sx = speed_level(speed[keep]) * w
+    a_y = (0.5 - 0.5 * np.tanh(acc[keep] / ACC_SCALE)) * h
+    t_y = (1 - np.tanh(turn[keep] / TURN_SCALE)) * h
+    return _histogram(sx, a_y, size), _histogram(sx, t_y, size)
 
 
 def window_bounds(n_events: int, window_events: int = 400) -> list[tuple[int, int]]:

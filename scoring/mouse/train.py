@@ -15,6 +15,7 @@ A session's score is the mean of its windows' impostor (or non-customer) logits.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,14 +222,18 @@ def train_owner(
     rng = np.random.default_rng(cfg.seed)
     x, y, calib = _owner_windows(cleaned, users, prep, cfg, rng)
     model = build(ModelConfig(**{**model_cfg.to_dict(), "n_out": len(users)}), cfg.pretrained)
+    started = time.perf_counter()
     losses = fit(model, x, y, nn.CrossEntropyLoss(label_smoothing=0.1), cfg, "owner backbone")
+    backbone_s = time.perf_counter() - started
     emb = forward_all(model, x, embed=True)
-    heads, val_auc = {}, []
+    heads, val_auc, head_s = {}, [], []
     for k, user in enumerate(users):
+        started = time.perf_counter()
         others = emb[y != k]
         if len(others) > cfg.max_negatives:
             others = others[rng.choice(len(others), cfg.max_negatives, replace=False)]
         head = fit_head(emb[y == k], others)
+        head_s.append(time.perf_counter() - started)
         if user in calib:
             own = head.window_scores(forward_all(model, calib[user], embed=True))
             head.threshold = calibrate(pseudo_sessions(own), cfg.target_far)
@@ -246,6 +251,10 @@ def train_owner(
         "losses": losses,
         "validation_window_auc_mean": float(np.mean(val_auc)) if val_auc else None,
         "target_far": cfg.target_far,
+        "backbone_train_seconds": backbone_s,
+        "head_fit_seconds_mean": float(np.mean(head_s)),
+        "backbone_parameters": sum(p.numel() for p in model.parameters()),
+        "head_parameters": model.cfg.embed_dim + 2,
     }
     return OwnerModel(model, prep, heads, metrics)
 

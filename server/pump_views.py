@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
-from starlette.exceptions import HTTPException
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -53,9 +53,9 @@ def _rows(request: Request, well: str) -> tuple[list[CardRow], list[tuple[str, i
         wells = [
             (w, int(n))
             for w, n in session.execute(
-                select(PumpCard.well_id, func.count()).group_by(PumpCard.well_id).order_by(
-                    PumpCard.well_id
-                )
+                select(PumpCard.well_id, func.count())
+                .group_by(PumpCard.well_id)
+                .order_by(PumpCard.well_id)
             ).all()
         ]
         query = select(PumpCard).order_by(PumpCard.well_id, PumpCard.card_id).limit(PAGE_SIZE)

@@ -65,4 +65,3 @@ def test_cheap_cues_do_not_give_the_class_away(kind: str) -> None:
     chance = 1 / len(synth.MODES)
     # point count, units, absolute load and offsets carry (almost) nothing about the mode
     assert accuracy < 2.2 * chance, accuracy
-

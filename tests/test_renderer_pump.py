@@ -26,7 +26,7 @@ def test_shape_range_and_determinism() -> None:
     a = render_card(x, y, size=64)
     b = render_card(x.copy(), y.copy(), size=64)
     assert a.shape == (64, 64) and a.dtype == np.float32
-    assert 0.0 <= a.min() and a.max() == 1.0
+    assert a.min() >= 0.0 and a.max() == 1.0
     assert np.array_equal(a, b)
 
 

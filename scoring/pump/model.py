@@ -26,7 +26,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def default_preprocessing(size: int = 48) -> dict[str, Any]:
+def default_preprocessing(size: int = 40) -> dict[str, Any]:
     return {
         "size": size,
         "line_width": 1.5 * size / 64,
@@ -44,9 +44,7 @@ def build(arch: str, n_classes: int, pretrained: str = "none") -> nn.Module:
     if arch.startswith("vgg"):
         # 64-px inputs leave a 2×2 map: pool it to 1×1 instead of blowing it up to 7×7
         model.avgpool = nn.AdaptiveAvgPool2d(1)
-        model.classifier = nn.Sequential(
-            nn.Dropout(0.3), nn.Linear(512, n_classes)
-        )
+        model.classifier = nn.Sequential(nn.Dropout(0.3), nn.Linear(512, n_classes))
     state = pretrained_state_dict(arch, pretrained)
     if state is not None:
         load_matching(model, state)

@@ -330,7 +330,9 @@ def _noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
     width = rng.uniform(0.004, 0.02) * n
     freq = np.fft.fftfreq(n)
     smooth = np.real(
-        np.fft.ifft(np.fft.fft(rng.normal(0, 1, n)) * np.exp(-0.5 * (2 * np.pi * freq * width) ** 2))
+        np.fft.ifft(
+            np.fft.fft(rng.normal(0, 1, n)) * np.exp(-0.5 * (2 * np.pi * freq * width) ** 2)
+        )
     )
     smooth = smooth / max(float(smooth.std()), 1e-12)
     return sigma * (np.sqrt(white) * rng.normal(0, 1, n) + np.sqrt(1 - white) * smooth)

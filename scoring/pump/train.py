@@ -28,17 +28,17 @@ PIPELINE = "pump"
 class TrainConfig:
     arch: str = "resnet18"
     pretrained: str = "none"
-    size: int = 48
-    n_train: int = 9000
+    size: int = 40
+    n_train: int = 6000
     kind: str = "mixed"
     imbalance: bool = False
-    epochs: int = 6
+    epochs: int = 5
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
     seed: int = 0
-    threads: int = 2
+    threads: int = 1
     modes: tuple[str, ...] = field(default=synth.MODES)
 
 

@@ -55,6 +55,7 @@ NO_MODEL = "no_model"
 GROUP_MODEL = "group_model"
 ACCOUNT_MODEL = "account_model"
 NO_ACCOUNT = "no_account"
+OVERLOADED = "overloaded"
 SCORE_AT_OR_ABOVE_DENY = "score_at_or_above_deny_threshold"
 SCORE_AT_OR_ABOVE_REVIEW = "score_at_or_above_review_threshold"
 SCORE_BELOW_REVIEW = "score_below_review_threshold"
@@ -101,8 +102,8 @@ class Evidence:
 
     ``model`` is ``account`` (the account's own model), ``group`` (the group model), ``none``
     (no trained model at all), ``not_enrolled`` (the account has no model and the site's
-    policy answers such accounts without the group model) or ``unscored`` (too few samples
-    to consult any model).
+    policy answers such accounts without the group model), ``unscored`` (too few samples
+    to consult any model) or ``overloaded`` (every scoring slot busy and the queue full).
     """
 
     samples: int
@@ -142,6 +143,8 @@ def decide(policy: Policy, action: str, ev: Evidence) -> Verdict:
     insufficient = Verdict(policy.insufficient_data, None, None, [INSUFFICIENT_DATA])
     if ev.samples < policy.min_samples:
         return insufficient
+    if ev.model == "overloaded":
+        return Verdict(policy.insufficient_data, None, None, [OVERLOADED])
     if ev.model == "not_enrolled":
         return Verdict(policy.not_enrolled, None, None, [NOT_ENROLLED])
     if ev.model == "none":
@@ -415,6 +418,10 @@ class DecisionContext:
     choose_model: ModelChooser
     scoring_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     """Concurrent scorings: more than the cores only makes every answer slower."""
+    max_waiting: int = 8
+    """Decisions allowed to queue for a scoring slot; past that the answer is the site's
+    default with reason ``overloaded`` at once, instead of a late answer for everyone."""
+    waiting: int = 0
 
 
 @dataclass
@@ -477,13 +484,24 @@ def _score_page(scorer: LiveScorer, data: SessionData) -> tuple[float | None, in
     return float(score), int(windows)
 
 
-async def _score_pages(
+async def score_pages(
     ctx: DecisionContext, scorer: LiveScorer, pages: dict[str, SessionData]
-) -> dict[str, tuple[float | None, int]]:
-    async with ctx.scoring_slots:
+) -> dict[str, tuple[float | None, int]] | None:
+    """Per-page (score, windows), scored in a worker thread; None when too many decisions
+    already wait for a scoring slot (the caller answers ``overloaded``)."""
+    if ctx.scoring_slots.locked() and ctx.waiting >= ctx.max_waiting:
+        return None
+    ctx.waiting += 1
+    try:
+        await ctx.scoring_slots.acquire()
+    finally:
+        ctx.waiting -= 1
+    try:
         return {
             sid: await asyncio.to_thread(_score_page, scorer, data) for sid, data in pages.items()
         }
+    finally:
+        ctx.scoring_slots.release()
 
 
 def _model_for(policy: Policy, choice: ModelChoice, has_account: bool) -> str:
@@ -510,7 +528,9 @@ async def evaluate(
         choice = await asyncio.to_thread(ctx.choose_model, account_id)
         model = _model_for(policy, choice, has_account)
         if model in ("account", "group") and choice.scorer is not None:
-            per_page = await _score_pages(ctx, choice.scorer, pages)
+            scored = await score_pages(ctx, choice.scorer, pages)
+            model = model if scored is not None else "overloaded"
+            per_page = scored or {}
     score, windows = aggregate(list(per_page.values()))
     evidence = Evidence(samples, windows, score, model, choice.version, has_account)
     verdict = decide(policy, req.action, evidence)

@@ -1,9 +1,11 @@
 import asyncio
 import datetime as dt
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import given
@@ -15,8 +17,10 @@ from renderer.errors import InvalidInput, NotFound
 from scoring import keys
 from scoring.database import make_engine, make_sessionmaker
 from scoring.decisions import (
+    DecisionContext,
     DecisionRequest,
     Evidence,
+    ModelChoice,
     Verdict,
     Visit,
     aggregate,
@@ -24,9 +28,11 @@ from scoring.decisions import (
     parse_request,
     record,
     resolve_visit,
+    score_pages,
 )
 from scoring.policy import parse_policy
 from scoring.schema import Account, Alert, CaseEvent, Decision, PageSession, ReviewCase, utcnow
+from scoring.session_store import SessionData
 from server.sites import create_site
 
 POLICY = parse_policy({"min_samples": 100, "min_windows": 2})
@@ -280,3 +286,41 @@ def test_every_decision_is_stored_review_opens_a_case_deny_alerts(db: Session) -
         "deny",
         "deny",
     ]
+
+
+def test_an_overloaded_scorer_answers_the_default_at_once() -> None:
+    assert decide(POLICY, "login", _ev(None, model="overloaded")) == Verdict(
+        "allow", None, None, ["overloaded"]
+    )
+
+
+class _GatedScorer:
+    """A scorer that holds its thread until released: occupies scoring slots on demand."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+
+    def score_events(self, events: np.ndarray, viewport: tuple[int, int]) -> tuple[float, int]:
+        self.gate.wait(10)
+        return 0.25, len(events) // 400
+
+
+def test_scoring_sheds_load_past_the_queue_bound(redis_url: str) -> None:
+    async def scenario() -> list[Any]:
+        redis = aioredis.Redis.from_url(redis_url)
+        ctx = DecisionContext(redis, None, lambda _a: ModelChoice("none"), asyncio.Semaphore(1), 1)  # type: ignore[arg-type]
+        scorer = _GatedScorer()
+        page = {"p": SessionData({}, (800, 600), np.zeros((800, 4)))}
+        first = asyncio.create_task(score_pages(ctx, scorer, page))  # takes the slot
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(score_pages(ctx, scorer, page))  # waits (queue of 1)
+        await asyncio.sleep(0.05)
+        third = await score_pages(ctx, scorer, page)  # queue full: shed at once
+        scorer.gate.set()
+        out = [await first, await second, third, ctx.waiting, ctx.scoring_slots.locked()]
+        await redis.aclose()
+        return out
+
+    first, second, third, waiting, locked = asyncio.run(scenario())
+    assert first == second == {"p": (0.25, 2)}
+    assert third is None and waiting == 0 and not locked

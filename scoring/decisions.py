@@ -270,9 +270,17 @@ def same_device(pages: list[Page], like: dict[str, str] | None) -> list[str]:
     return out[:MAX_VISIT_PAGES]
 
 
+def _account_pages(
+    sessions: sessionmaker[Session], site: Site, external: str, since: float
+) -> tuple[Account | None, list[Page]]:
+    with sessions() as db:
+        account = find_account(db, site, external)
+        return account, ended_pages(db, site, account, since)
+
+
 async def resolve_visit(
     redis: aioredis.Redis,
-    db: Session,
+    sessions: sessionmaker[Session],
     site: Site,
     req: DecisionRequest,
     now: dt.datetime | None = None,
@@ -282,7 +290,8 @@ async def resolve_visit(
 
     NotFound for an unknown session or account, or one of another site (the same answer, so
     ids of other sites cannot be probed); InvalidInput ``account_mismatch`` when both are given
-    and the session is another account's."""
+    and the session is another account's. The database is read in a worker thread, and no
+    connection is held across an ``await`` (a burst must not drain the pool)."""
     since = (now or utcnow()).timestamp() - VISIT_WINDOW.total_seconds()
     like: dict[str, str] | None = None
     external = req.account
@@ -294,11 +303,12 @@ async def resolve_visit(
         if external is not None and in_session != external:
             raise InvalidInput("the session belongs to another account", "account_mismatch")
         external = in_session
-    account = find_account(db, site, external) if external is not None else None
+    account: Account | None = None
     pages: list[Page] = []
     if external is not None:
         pages = await live_pages(redis, site, external, since)
-        pages += ended_pages(db, site, account, since)
+        account, ended = await asyncio.to_thread(_account_pages, sessions, site, external, since)
+        pages += ended
     if req.session_id is None and account is None and not pages:
         raise NotFound("no account with this id for this site")
     ids = same_device(pages, like)
@@ -516,8 +526,7 @@ async def evaluate(
     """Decide ``req`` for ``site`` from the visit's samples so far, and record the decision."""
     started = time.perf_counter()
     policy = parse_policy(site.policy)
-    with ctx.sessions() as db:
-        visit = await resolve_visit(ctx.redis, db, site, req, now)
+    visit = await resolve_visit(ctx.redis, ctx.sessions, site, req, now)
     pages = await gather(ctx.redis, visit)
     samples = sum(len(p.events) for p in pages.values())
     account_id = visit.account.id if visit.account is not None else None

@@ -19,6 +19,7 @@ The logic lives in :mod:`scoring.decisions`; this module is the HTTP layer only.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -71,10 +72,14 @@ async def _body(request: Request) -> Any:
         raise InvalidInput(f"the body is not JSON: {e}", "bad_json") from e
 
 
+def _authenticate(request: Request) -> Site:
+    with services(request).sessions() as db:
+        return authenticate_site(request, db)
+
+
 async def _site_and_limit(request: Request) -> Site:
     svc = services(request)
-    with svc.sessions() as db:
-        site = authenticate_site(request, db)
+    site = await asyncio.to_thread(_authenticate, request)  # never block the loop on the pool
     policy = parse_policy(site.policy)
     wait = await admit(svc.redis, site.id, policy.rate_limit, int(time.time() * 1000))
     if wait > 0:

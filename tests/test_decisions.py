@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from renderer.errors import InvalidInput, NotFound
 from scoring import keys
@@ -170,7 +170,7 @@ def _resolve(redis_url: str, db: Session, site: Any, req: DecisionRequest) -> Vi
     async def run() -> Visit:
         redis = aioredis.Redis.from_url(redis_url)
         try:
-            return await resolve_visit(redis, db, site, req)
+            return await resolve_visit(redis, sessionmaker(db.get_bind()), site, req)
         finally:
             await redis.aclose()
 

@@ -181,11 +181,19 @@ class PipelineRunner:
                 self._own_cursor = "0"
             except ResponseError as e:
                 if "NOGROUP" not in str(e):
-                    raise
+                    await self._survive(stop, e)
+                    continue
                 log.warning(
                     "%s: consumer group vanished (Redis lost its data?)", self.pipeline.name
                 )
+            except Exception as e:  # batch boundary: keep the worker alive, the jobs stay pending
+                await self._survive(stop, e)
         await self._leave_group()
+
+    async def _survive(self, stop: asyncio.Event, e: Exception) -> None:
+        log.exception("%s: unexpected error, the batch stays pending: %s", self.pipeline.name, e)
+        await self._wait_until_stores_answer(stop, self.config.outage_retry_s)
+        self._own_cursor = "0"
 
     async def _loop(self, stop: asyncio.Event) -> None:
         try:

@@ -20,13 +20,14 @@ import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import aiosmtplib
 import redis.asyncio as aioredis
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -418,10 +419,13 @@ async def respond_submit(request: Request) -> Response:
         state, alert = check_link(session, svc.settings, token)
         if state != "ok" or alert is None:
             return _link_error(request, state)
-        used = session.execute(
-            update(Alert)
-            .where(Alert.id == alert.id, Alert.token_used_at.is_(None))
-            .values(token_used_at=utcnow(), owner_decision=decision)
+        used = cast(
+            "CursorResult[Any]",
+            session.execute(
+                update(Alert)
+                .where(Alert.id == alert.id, Alert.token_used_at.is_(None))
+                .values(token_used_at=utcnow(), owner_decision=decision)
+            ),
         )
         if used.rowcount != 1:
             return _link_error(request, "used")

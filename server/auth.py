@@ -255,14 +255,14 @@ async def login_page(request: Request) -> Response:
     try:
         analyst = await login(request, email, str(form.get("password") or ""))
     except RateLimited as e:
-        response = render(
+        limited = render(
             request,
             "login.html",
             {"next": next_url, "error": str(e), "email": email},
             status_code=429,
         )
-        response.headers["Retry-After"] = str(int(e.retry_after))
-        return response
+        limited.headers["Retry-After"] = str(int(e.retry_after))
+        return limited
     except AccessDenied as e:
         ctx = {"next": next_url, "error": str(e), "email": email}
         return render(request, "login.html", ctx, status_code=401)

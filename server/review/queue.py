@@ -54,7 +54,7 @@ class Row:
     claimed: bool
 
 
-def _filtered(query: Select[Any], filters: Filters, analyst_id: int) -> Select[Any]:
+def _filtered(query: Select, filters: Filters, analyst_id: int) -> Select:
     if filters.site is not None:
         query = query.where(ReviewCase.site_id == filters.site)
     if filters.pipeline:
@@ -72,7 +72,7 @@ def _filtered(query: Select[Any], filters: Filters, analyst_id: int) -> Select[A
     return query
 
 
-def _ordered(query: Select[Any], sort: str) -> Select[Any]:
+def _ordered(query: Select, sort: str) -> Select:
     if sort == "deadline":
         return query.order_by(ReviewCase.deadline.asc(), ReviewCase.risk.desc(), ReviewCase.id)
     if sort == "age":
@@ -92,6 +92,7 @@ def list_cases(session: Session, filters: Filters, analyst_id: int, offset: int 
     )
     query = _ordered(_filtered(query, filters, analyst_id), filters.sort)
     now = utcnow()
+    result: Any = session.execute(query.offset(offset).limit(PAGE_SIZE))
     return [
         Row(
             case=case,
@@ -101,9 +102,7 @@ def list_cases(session: Session, filters: Filters, analyst_id: int, offset: int 
             assignee=email or "",
             claimed=claim_holder(case, now) is not None,
         )
-        for case, site_name, version, score, untrained, email in session.execute(
-            query.offset(offset).limit(PAGE_SIZE)
-        )
+        for case, site_name, version, score, untrained, email in result
     ]
 
 

@@ -108,7 +108,35 @@ def fit(
         )
         losses.append(loss)
         epochs.set_postfix(loss=f"{loss:.3f}")
+    recalibrate_batchnorm(model, x, cfg.batch_size)
     return losses
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, batch_size: int) -> None:
+    """Replace batch norm's running statistics by exact averages over the training images.
+
+    With few batches (small data sets, per-task retraining) the exponential running averages
+    are still close to their initial values when training stops, and in eval mode sparse
+    trail images then normalise to nearly constant activations.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass below
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    for i in range(0, len(x), batch_size):
+        batch = torch.from_numpy(x[i : i + batch_size])
+        if len(batch) > 1:
+            model(batch.contiguous(memory_format=torch.channels_last))
+    for m in norms:
+        m.momentum = 0.1
+    model.eval()
 
 
 def forward_all(

@@ -11,6 +11,11 @@ The worker (:mod:`scoring.worker`) drives each batch of jobs through these steps
 
 The transaction commits, then the job is acknowledged. A pipeline whose items are too big to
 render at once (hours of audio) overrides :meth:`Pipeline.process` and streams.
+
+Threads: render/score/summarise of one batch run in one worker thread while persist/act of the
+previous batch run in another, so those two groups of steps must not share mutable state.
+Delivery is at least once: when ``persist`` returns an existing row instead of raising on the
+unique ``job_id``, ``act`` runs again for it and must tolerate that. See docs/worker.md.
 """
 
 from __future__ import annotations

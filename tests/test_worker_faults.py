@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -128,7 +130,8 @@ def test_sigkill_mid_batch_another_worker_finishes_each_job_once(
     done_before = result_counts(sessions)
     assert any(job_of[sid] not in done_before for sid in in_flight), "killed after its batch"
 
-    rescue = ("--batch-size", "4", "--claim-idle", "1")
+    port = free_port()
+    rescue = ("--batch-size", "4", "--claim-idle", "1", "--metrics-port", str(port))
     workers.append(WorkerProcess(tmp_path, redis_url, migrated_database_url, "rescuer", *rescue))
     wait_for(lambda: len(result_counts(sessions)) == 12, 60, "all 12 results")
 
@@ -137,6 +140,12 @@ def test_sigkill_mid_batch_another_worker_finishes_each_job_once(
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
     assert failures(sessions) == {}
     assert "pipelines probe" in workers[1].output()
+    # A worker started with --metrics-port serves its own metrics (no multiprocess directory).
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    done = re.search(r'trailguard_jobs_total\{outcome="done",pipeline="probe"\} (\S+)', text)
+    assert done and float(done.group(1)) == 12 - len(done_before)
+    assert 'trailguard_score_seconds_count{pipeline="probe"}' in text
 
 
 def test_sigterm_finishes_the_batch_in_flight_then_exits(

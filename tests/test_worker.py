@@ -211,3 +211,11 @@ def test_chunked_batch_scoring_equals_scoring_each_image_alone(
     for images, out in zip(per_item, outputs, strict=True):
         alone = torch.cat([pipeline.score(image[None]) for image in images])
         torch.testing.assert_close(out, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_every_key_one_pipeline_touches_in_a_transaction_is_in_one_cluster_slot() -> None:
+    from redis.crc import key_slot
+
+    for name in (*keys.PIPELINES, NAME):
+        names = [keys.jobs_stream(name), keys.job_attempts(name), keys.dead_letter_stream(name)]
+        assert len({key_slot(n.encode()) for n in names}) == 1, names

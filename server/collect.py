@@ -90,17 +90,22 @@ def _load_site(sessions: sessionmaker[Session], key: str) -> SiteInfo | None:
 
 
 async def _site(app: Starlette, key: str) -> SiteInfo | None:
-    """The site for a key, cached for ``site_cache_s`` so hellos do not each hit the database."""
-    cache: dict[str, tuple[SiteInfo | None, float]] = app.state.__dict__.setdefault(
+    """The site for a key, cached for ``site_cache_s``; concurrent hellos for a key not yet in
+    the cache share one database query instead of queueing one each for the pool."""
+    cache: dict[str, tuple[asyncio.Future[SiteInfo | None], float]] = app.state.__dict__.setdefault(
         "collector_sites", {}
     )
     hit = cache.get(key)
     now = time.monotonic()
-    if hit and hit[1] > now:
-        return hit[0]
-    info = await run_in_threadpool(_load_site, _services(app).sessions, key)
-    cache[key] = (info, now + _config(app).site_cache_s)
-    return info
+    if hit and hit[1] > now and not (hit[0].done() and hit[0].exception()):
+        return await asyncio.shield(hit[0])
+    future: asyncio.Future[SiteInfo | None] = asyncio.get_running_loop().create_future()
+    cache[key] = (future, now + _config(app).site_cache_s)
+    try:
+        future.set_result(await run_in_threadpool(_load_site, _services(app).sessions, key))
+    except Exception as e:  # the waiters see it too; the next hello retries
+        future.set_exception(e)
+    return await future
 
 
 class Ingest:
@@ -197,8 +202,19 @@ class Ingest:
         if status == store.APPENDED:
             await self._apply_records(frame)
         await self._touch(now)
-        if frame.ended:
-            await end_session(self.svc, self.cfg, self.sid, "end", now)
+
+    async def end_if_ended(self, frame: wire.Frame) -> None:
+        """End the session when ``frame`` has the end-of-page record (after its ack went out:
+        writing the row can take a while, and the frame itself is safely stored)."""
+        if frame.ended and self.sid:
+            # shielded: the page closes its socket right after this frame, and a cancelled
+            # handler must not leave a session half-ended (lock taken, no job)
+            task = asyncio.ensure_future(
+                end_session(self.svc, self.cfg, self.sid, "end", time.time())
+            )
+            _ENDING.add(task)
+            task.add_done_callback(_ENDING.discard)
+            await asyncio.shield(task)
 
     async def _apply_records(self, frame: wire.Frame) -> None:
         updates: dict[str, str | int] = {}
@@ -215,6 +231,10 @@ class Ingest:
     async def finish(self) -> None:
         if self.joined and self.sid:
             await store.connection_closed(self.svc.redis, self.sid, time.time())
+
+
+_ENDING: set[asyncio.Future[bool]] = set()
+"""Session ends in progress, referenced so that they run to completion."""
 
 
 def _raise_for(status: int, frame: wire.Frame) -> None:
@@ -356,6 +376,7 @@ async def _serve_socket(ws: WebSocket, ingest: Ingest) -> None:
         frame = wire.decode_frame(raw)
         await ingest.frame(frame)
         await ws.send_bytes(wire.encode_ack(frame.seq))
+        await ingest.end_if_ended(frame)
 
 
 async def collect_socket(ws: WebSocket) -> None:
@@ -399,6 +420,7 @@ async def collect_beacon(request: Request) -> Response:
         await ingest.hello(parts[0])
         for frame in frames:
             await ingest.frame(frame)
+            await ingest.end_if_ended(frame)
     except InvalidFrame as e:
         body = {"error": e.code, "detail": str(e), "close_code": e.close_code}
         return JSONResponse(body, status_code=HTTP_STATUS.get(e.code, 400), headers=cors)

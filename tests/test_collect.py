@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -62,6 +63,14 @@ def _sid() -> str:
     return secrets.token_hex(16)
 
 
+def _wait_ended(r: redis.Redis, sid: str) -> None:
+    """The server ends a session just after acknowledging its end-of-page frame."""
+    deadline = time.monotonic() + 10
+    while r.hget(keys.session_meta(sid), "state") != b"ended":
+        assert time.monotonic() < deadline, "the session did not end"
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def env(tmp_path: Path, migrated_database_url: str, redis_url: str) -> Iterator[tuple]:
     key = _site(migrated_database_url)
@@ -95,6 +104,7 @@ def test_session_end_to_end_stores_samples_row_and_one_job(
         ws.send_bytes(_hello(sid, key, account="acct-1"))
         assert [_send(ws, s) for s in range(3)] == [0, 1, 2]
         assert _send(ws, 3, end="pagehide") == 3
+    _wait_ended(redis_client, sid)
     meta = {k.decode(): v.decode() for k, v in redis_client.hgetall(keys.session_meta(sid)).items()}
     assert meta["state"] == "ended" and meta["end_reason"] == "end"
     assert meta["n_samples"] == "120" and meta["page_path"] == "/checkout"
@@ -377,8 +387,6 @@ def test_sweeper_ends_closed_sessions_after_grace_and_idle_ones_after_timeout(
         async def sweep(offset: float) -> int:
             svc = await _services(settings)
             try:
-                import time
-
                 return await collect.sweep_once(svc, QUIET, time.time() + offset)
             finally:
                 await svc.redis.aclose()
@@ -423,6 +431,7 @@ def test_new_frames_after_the_end_are_refused_but_resends_are_fine(
     with client.websocket_connect("/collect", headers={"origin": ORIGIN}) as ws:
         ws.send_bytes(_hello(sid, key))
         _send(ws, 0, end="pagehide")
+    _wait_ended(redis_client, sid)
     resend = wire.encode_beacon([_hello(sid, key), wire.encode_moves(0, _path(0), "pagehide")])
     assert client.post("/collect", content=resend, headers={"origin": ORIGIN}).status_code == 204
     late = wire.encode_beacon([_hello(sid, key), wire.encode_moves(1, _path(1))])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +55,13 @@ def _collect(client: TestClient, key: str, frames: int, end: bool, account: str 
             last = end and seq == frames - 1
             ws.send_bytes(wire.encode_moves(seq, _path(seq), end="pagehide" if last else None))
             ws.receive_bytes()
+    if end:  # the server ends the session just after acknowledging the last frame
+        r = redis.Redis.from_url(client.app.state.services.settings.redis_url)
+        deadline = time.monotonic() + 10
+        while r.hget(keys.session_meta(sid), "state") != b"ended":
+            assert time.monotonic() < deadline, "the session did not end"
+            time.sleep(0.02)
+        r.close()
     return sid
 
 

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from itsdangerous import TimestampSigner
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,8 +36,9 @@ from test_review_support import (
 )
 
 from scoring.alerting import on_flag, queue_owner_alert
+from scoring.database import make_engine
 from scoring.schema import Alert, CaseEvent, ReviewCase, utcnow
-from server import alerts, webhooks
+from server import alerts, cli, webhooks
 from server.app import create_app
 from server.settings import Settings
 
@@ -343,3 +347,46 @@ def test_expired_link_is_refused(base_settings: Settings, monkeypatch: pytest.Mo
         assert page.status_code == 410 and "expired" in page.text
         assert _answer(client, path, "not_me").status_code == 410
     assert _owner_events(sessions, case_id) == []
+
+
+def test_alerts_dispatch_command_sends_what_is_queued(
+    base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions = sessions_for(base_settings)
+    world = add_site(sessions, auto_alert_threshold=0.5)
+    _flag(sessions, world, "s", 0.9)
+    monkeypatch.setenv("TRAILGUARD_DATABASE_URL", base_settings.database_url)
+    monkeypatch.setenv("TRAILGUARD_REDIS_URL", str(base_settings.redis_url))
+    monkeypatch.setenv("TRAILGUARD_DATA_DIR", str(base_settings.data_dir))
+    assert cli.main(["alerts", "dispatch"]) == 0
+    assert len(list(base_settings.outbox_dir.glob("*.eml"))) == 1
+    assert _alerts(sessions)[0].status == "sent"
+
+
+@hypothesis_settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(token=st.text(max_size=200))
+def test_no_arbitrary_token_is_accepted(base_settings: Settings, token: str) -> None:
+    engine = make_engine(base_settings.database_url)
+    try:
+        with Session(engine) as session:
+            state, alert = alerts.check_link(session, base_settings, token)
+    finally:
+        engine.dispose()
+    assert (state, alert) == ("invalid", None)
+
+
+@given(
+    body=st.binary(max_size=300),
+    secret=st.text(min_size=1, max_size=40),
+    skew=st.integers(min_value=-299, max_value=299),
+)
+def test_webhook_signatures_verify_only_with_the_same_secret_and_body(
+    body: bytes, secret: str, skew: int
+) -> None:
+    now = 1_800_000_000
+    header = webhooks.sign(secret, body, now)
+    assert webhooks.verify(secret, body, header, now=now + skew)
+    assert not webhooks.verify(secret + "x", body, header, now=now)
+    assert not webhooks.verify(secret, body + b"x", header, now=now)

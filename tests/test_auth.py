@@ -199,3 +199,56 @@ def test_cli_adds_an_admin_from_stdin(
         boss = session.scalars(select(Analyst)).one()
     assert (boss.email, boss.role) == ("boss@example.org", "admin")
     assert verify_password(boss.password_hash, "s3cret-passw0rd")
+
+
+def test_admin_sets_alert_settings_and_rotates_the_secret(
+    client: TestClient, app_settings: Settings
+) -> None:
+    log_in(client, "root@example.org")
+    token = csrf_from(client.get("/admin").text)
+    created = client.post(
+        "/admin/sites",
+        data={"name": "Shop", "origins": "https://shop.example", "csrf_token": token},
+    )
+    key = re.search(r'id="site-key">([^<]+)<', created.text)
+    old = re.search(r'id="site-secret">([^<]+)<', created.text)
+    assert key and old
+    bearer = {"Authorization": f"Bearer {key.group(1)}.{old.group(1)}"}
+    assert client.put("/api/v1/accounts/u1", json={}, headers=bearer).status_code == 201
+    bad = client.post(
+        "/admin/sites/1",
+        data={"name": "Shop", "auto_alert_threshold": "1.5", "csrf_token": token},
+    )
+    assert bad.status_code == 400 and "between 0 and 1" in bad.text
+    saved = client.post(
+        "/admin/sites/1",
+        data={
+            "name": "Shop",
+            "origins": "https://shop.example",
+            "auto_alert_threshold": "0.85",
+            "webhook_url": "https://shop.example/hooks/trailguard",
+            "csrf_token": token,
+        },
+        follow_redirects=False,
+    )
+    assert saved.status_code == 303
+    with sessions_for(app_settings)() as session:
+        site = session.get(Site, 1)
+        assert site is not None and site.auto_alert_threshold == 0.85
+        assert site.webhook_url == "https://shop.example/hooks/trailguard"
+    rotated = client.post("/admin/sites/1/rotate", data={"csrf_token": token})
+    new = re.search(r'id="site-secret">([^<]+)<', rotated.text)
+    assert new and new.group(1) != old.group(1)
+    assert client.get("/api/v1/accounts/u1", headers=bearer).status_code == 401
+    fresh = {"Authorization": f"Bearer {key.group(1)}.{new.group(1)}"}
+    assert client.get("/api/v1/accounts/u1", headers=fresh).status_code == 200
+
+
+def test_admin_cannot_lock_themselves_out(client: TestClient) -> None:
+    log_in(client, "root@example.org")
+    token = csrf_from(client.get("/admin").text)
+    response = client.post(
+        "/admin/analysts/2", data={"role": "analyst", "active": "on", "csrf_token": token}
+    )
+    assert response.status_code == 400
+    assert client.get("/admin").status_code == 200

@@ -200,7 +200,7 @@ class PipelineRunner:
             while not stop.is_set():
                 entries = await self.next_entries()
                 if entries:
-                    await self.process_batch(entries)
+                    await self.overlap_batch(entries)
         finally:
             await self.drain()
 
@@ -310,6 +310,11 @@ class PipelineRunner:
     # --- a batch ----------------------------------------------------------------------------
 
     async def process_batch(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        """Process one batch to the end: its jobs are committed and acknowledged on return."""
+        await self.overlap_batch(entries)
+        await self.drain()
+
+    async def overlap_batch(self, entries: list[tuple[str, dict[str, str]]]) -> None:
         """Decode and compute this batch while the previous one commits, then hand it over.
 
         At most one batch is being committed at a time, so a batch's jobs are acknowledged in

@@ -468,7 +468,7 @@ def draw_channels(clean: Cleaned, size: tuple[int, int] = (64, 64)) -> np.ndarra
 
 def _smooth(values: np.ndarray, k: int = 5) -> np.ndarray:
     """Centred moving average (edges use the samples that exist)."""
-    kernel = np.ones(k)
+    kernel = np.ones(min(k, len(values)))
     num = np.convolve(values, kernel, mode="same")
     den = np.convolve(np.ones_like(values), kernel, mode="same")
     return num / den

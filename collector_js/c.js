@@ -166,11 +166,17 @@
     };
   }
 
+  // Browsers allow ~64 KB of beacons in flight: send the newest frames that fit.
   function beacon() {
     flush();
     if (!unacked.length || !nav.sendBeacon) return;
-    var msgs = [encodeHello(hello)], i;
-    for (i = 0; i < unacked.length; i++) msgs.push(unacked[i].bytes);
+    var msgs = [], size = 100, i, b;
+    for (i = unacked.length - 1; i >= 0; i--) {
+      b = unacked[i].bytes;
+      if (size + b.length + 3 > 60000) break;
+      msgs.unshift(b); size += b.length + 3;
+    }
+    msgs.unshift(encodeHello(hello));
     nav.sendBeacon(httpUrl, encodeBeacon(msgs));
   }
 

@@ -7,13 +7,16 @@ scored on demand by the live mouse scorer, and the score is compared to the site
 
 - :func:`resolve_visit` - which page sessions make up the visit (Redis metadata + DB rows);
 - :func:`gather` - their events as they are in Redis at this moment;
+- :func:`score_pages` - the production :class:`~scoring.mouse.inference.MouseScorer` (through
+  :func:`mouse_model_chooser`) in a worker thread, a bounded number at a time;
 - :func:`aggregate` - one visit score from the per-page scores (window-weighted mean);
 - :func:`decide` - pure: evidence + policy → ``allow`` / ``review`` / ``deny`` with reasons;
 - :func:`record` - the ``Decision`` audit row, a review case for ``review`` and ``deny``, and
   the alert flow (:func:`scoring.alerting.on_flag`) for a scored ``deny``.
 
-Nothing here invents a score: too little movement, no model, or a site that chose an explicit
-answer for accounts without a model give the policy's default with a reason and ``score=None``.
+Nothing here invents a score: too little movement, no model, an overloaded server, or a site
+that chose an explicit answer for accounts without a model give the policy's default with a
+reason and ``score=None``. :func:`evaluate` runs the steps for one request.
 """
 
 from __future__ import annotations

@@ -203,3 +203,38 @@ def test_decisions_are_exported_as_training_labels(
     with sessions_for(app_settings)() as session:
         kinds = list(session.scalars(select(CaseEvent.kind).where(CaseEvent.case_id == 2)))
     assert "labelled" in kinds and "alert_queued" in kinds
+
+
+def test_bulk_decision_applies_to_ticked_cases_but_not_to_claimed_ones(
+    app_settings: Settings,
+) -> None:
+    _seed_three(app_settings)
+    with (
+        TestClient(create_app(app_settings)) as ana,
+        TestClient(create_app(app_settings)) as root,
+    ):
+        log_in(ana)
+        log_in(root, "root@example.org")
+        root.get("/review/cases/2")  # root holds case 2
+        token = csrf_from(ana.get("/review").text)
+        no_reason = ana.post(
+            "/review/bulk",
+            data={"case": ["1", "2", "3"], "decision": "genuine", "csrf_token": token},
+        )
+        assert no_reason.status_code == 400
+        done = ana.post(
+            "/review/bulk",
+            data={
+                "case": ["1", "2", "3"],
+                "decision": "genuine",
+                "reason": "known office network, routine logins",
+                "csrf_token": token,
+            },
+            follow_redirects=False,
+        )
+        assert done.headers["location"] == "/review?done=2&skipped=1"
+    with sessions_for(app_settings)() as session:
+        statuses = {i: st for i, st in session.execute(select(ReviewCase.id, ReviewCase.status))}
+        labels = {i: lb for i, lb in session.execute(select(PageSession.id, PageSession.label))}
+    assert statuses == {1: "genuine", 2: "open", 3: "genuine"}
+    assert labels == {"a": "genuine", "b": None, "c": "genuine"}

@@ -134,7 +134,7 @@ async def case_page(request: Request) -> Response:
     return render(request, "review/case.html", ctx)
 
 
-def _queue_alert(session: Session, case: ReviewCase, actor: str) -> Alert | None:
+def queue_impostor_alert(session: Session, case: ReviewCase, actor: str) -> Alert | None:
     if case.pipeline != "mouse":
         return None
     page = session.get(PageSession, case.subject_id)
@@ -174,7 +174,9 @@ async def decide(request: Request) -> Response:
             ctx = _page_context(session, case, analyst)
             ctx["error"] = str(e)
             return render(request, "review/case.html", ctx, status_code=400)
-        queued = _queue_alert(session, case, analyst.email) if decision == "impostor" else None
+        queued = (
+            queue_impostor_alert(session, case, analyst.email) if decision == "impostor" else None
+        )
     if queued is not None:
         wake_dispatcher(request)
     return RedirectResponse("/review/next", status_code=303)
@@ -192,8 +194,53 @@ async def release(request: Request) -> Response:
     return RedirectResponse("/review", status_code=303)
 
 
+MAX_BULK = 200
+
+
+async def bulk_decide(request: Request) -> Response:
+    """One decision with one reason for many cases (obvious ones, ticked in the queue).
+
+    Each case goes through the same :func:`scoring.cases.decide` as on its page, with its own
+    audit entries; cases another analyst holds are skipped and counted.
+    """
+    from server.app import services
+
+    analyst = await require_analyst(request)
+    form = await csrf.checked_form(request)
+    decision = str(form.get("decision") or "")
+    reason = str(form.get("reason") or "")
+    ids = sorted({int(v) for v in form.getlist("case") if isinstance(v, str) and v.isdigit()})
+    if not ids or len(ids) > MAX_BULK:
+        raise HTTPException(400, f"tick between 1 and {MAX_BULK} cases")
+    done = skipped = 0
+    queued = False
+    with services(request).sessions() as session, session.begin():
+        for case in session.scalars(select(ReviewCase).where(ReviewCase.id.in_(ids))):
+            try:
+                cases.decide(
+                    session,
+                    case,
+                    decision=decision,
+                    reason=reason,
+                    analyst_id=analyst.id,
+                    actor=analyst.email,
+                )
+            except AccessDenied:
+                skipped += 1
+                continue
+            except InvalidInput as e:
+                raise HTTPException(400, str(e)) from e
+            done += 1
+            if decision == "impostor":
+                queued = queue_impostor_alert(session, case, analyst.email) is not None or queued
+    if queued:
+        wake_dispatcher(request)
+    return RedirectResponse(f"/review?done={done}&skipped={skipped}", status_code=303)
+
+
 def routes() -> list[BaseRoute]:
     return [
+        Route("/review/bulk", bulk_decide, methods=["POST"]),
         Route("/review/cases/{case_id:int}", case_page, methods=["GET"]),
         Route("/review/cases/{case_id:int}/decide", decide, methods=["POST"]),
         Route("/review/cases/{case_id:int}/release", release, methods=["POST"]),

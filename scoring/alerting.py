@@ -84,7 +84,11 @@ def on_flag(
     site = session.get(Site, case.site_id) if case.site_id is not None else None
     if site is None:
         return
-    if site.webhook_url:
+    already = session.scalars(
+        select(Alert.id).where(Alert.case_id == case.id, Alert.channel == WEBHOOK)
+    ).first()
+    # One webhook per case: the decisions API and the mouse pipeline may both flag a session.
+    if site.webhook_url and already is None:
         alert = Alert(
             account_id=account_id,
             case_id=case.id,

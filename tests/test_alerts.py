@@ -390,3 +390,14 @@ def test_webhook_signatures_verify_only_with_the_same_secret_and_body(
     assert webhooks.verify(secret, body, header, now=now + skew)
     assert not webhooks.verify(secret + "x", body, header, now=now)
     assert not webhooks.verify(secret, body + b"x", header, now=now)
+
+
+def test_flagging_the_same_case_twice_alerts_once(base_settings: Settings) -> None:
+    sessions = sessions_for(base_settings)
+    world = add_site(sessions, auto_alert_threshold=0.5, webhook_url="http://127.0.0.1:9/hook")
+    case_id = _flag(sessions, world, "twice", 0.9)
+    with sessions() as session, session.begin():
+        case = session.get(ReviewCase, case_id)
+        assert case is not None
+        on_flag(session, case, score=0.95, account_id=world.account_id, device=DEVICE, page="/p")
+    assert sorted(a.channel for a in _alerts(sessions)) == ["email", "webhook"]

@@ -202,6 +202,18 @@ def record_owner_decision(
     kind = "owner_not_me" if decision == "not_me" else "owner_me"
     text = "Owner says this wasn't them" if decision == "not_me" else "Owner says this was them"
     record_event(session, case, actor=actor, kind=kind, reason=text, data={"alert_id": alert_id})
+    if decision == "not_me" and case.status == "genuine":
+        # The owner contradicts an analyst's "genuine": a person has to look again.
+        case.status, case.updated_at = "escalated", utcnow()
+        record_event(
+            session,
+            case,
+            actor="system",
+            kind="escalate",
+            reason="the owner says this wasn't them, but the case was marked genuine",
+            data={"from": "genuine", "to": "escalated"},
+        )
+        return
     if case.status in ACTIVE_STATUSES and case.pipeline == "mouse":
         page = session.get(PageSession, case.subject_id)
         if page is not None and page.label is None:

@@ -199,7 +199,8 @@ async def _send_email(
         return
     try:
         await mail.deliver(settings, mail.alert_message(settings, to, item))
-    except (aiosmtplib.SMTPException, OSError) as e:
+    except (aiosmtplib.SMTPException, OSError, ValueError) as e:
+        # ValueError: the email library refuses a malformed address or header
         log.warning("alert %s: delivery failed: %s", alert_id, e)
         _record(sessions, [alert_id], f"{e.__class__.__name__}: {e}", report)
         return
@@ -241,7 +242,7 @@ async def _send_digest(
         return
     try:
         await mail.deliver(settings, mail.digest_message(settings, to, [i for _, i in prepared]))
-    except (aiosmtplib.SMTPException, OSError) as e:
+    except (aiosmtplib.SMTPException, OSError, ValueError) as e:
         log.warning("digest for alerts %s: delivery failed: %s", ids, e)
         _record(sessions, ids, f"{e.__class__.__name__}: {e}", report, keep_status="batched")
         return

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 from test_review_support import (
     SiteWorld,
+    add_people,
     add_scored_case,
     add_site,
     body_text,
@@ -35,6 +36,7 @@ from test_review_support import (
     smtp_inbox,
 )
 
+from scoring import cases
 from scoring.alerting import on_flag, queue_owner_alert
 from scoring.database import make_engine
 from scoring.schema import Alert, CaseEvent, ReviewCase, utcnow
@@ -401,3 +403,24 @@ def test_flagging_the_same_case_twice_alerts_once(base_settings: Settings) -> No
         assert case is not None
         on_flag(session, case, score=0.95, account_id=world.account_id, device=DEVICE, page="/p")
     assert sorted(a.channel for a in _alerts(sessions)) == ["email", "webhook"]
+
+
+def test_owner_contradicting_a_genuine_decision_escalates_the_case(
+    base_settings: Settings,
+) -> None:
+    sessions = sessions_for(base_settings)
+    add_people(sessions)
+    alert, case_id = _queued_email(sessions)
+    with sessions() as session, session.begin():
+        case = session.get(ReviewCase, case_id)
+        assert case is not None
+        cases.decide(
+            session, case, decision="genuine", reason="looked fine", analyst_id=1, actor="ana"
+        )
+    path = alerts.owner_links(base_settings, alert)[0].removeprefix("http://testserver")
+    with TestClient(create_app(base_settings)) as client:
+        assert _answer(client, path, "not_me").status_code == 200
+    with sessions() as session:
+        case = session.get(ReviewCase, case_id)
+        assert case is not None and case.status == "escalated"
+    assert _owner_events(sessions, case_id) == ["owner_not_me"]

@@ -47,7 +47,7 @@ def _add_card(ctx: Context, mode: str = "fluid_pound", card_id: str = "c1") -> i
 def _run(pipeline: PumpPipeline, job: Job) -> dict:
     item = asyncio.run(pipeline.decode(job))
     images = pipeline.render(item)
-    assert images.shape == (1, 3, 40, 40)
+    assert images.shape == (1, 3, 48, 48)
     result = pipeline.summarise(item, pipeline.score(images))
     with pipeline.ctx.sessions() as session, session.begin():
         pipeline.persist(session, job, item, result)

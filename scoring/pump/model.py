@@ -26,7 +26,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def default_preprocessing(size: int = 40) -> dict[str, Any]:
+def default_preprocessing(size: int = 48) -> dict[str, Any]:
     return {
         "size": size,
         "line_width": 1.5 * size / 64,

@@ -67,6 +67,9 @@ REALISTIC_WEIGHTS = {
     "tubing_leak": 5,
 }
 
+MIXED_SURFACE = 0.75
+"""Share of surface cards in a ``mixed`` set: field data are surface cards."""
+
 POSITION_UNITS = {"m": 1.0, "mm": 1000.0, "cm": 100.0, "in": 39.3701, "ft": 3.28084}
 LOAD_UNITS = {"kN": 1.0, "N": 1000.0, "lbf": 224.809, "kgf": 101.972, "klbf": 0.224809}
 WAVE_SPEED = 5170.0  # m/s in steel rods
@@ -394,12 +397,16 @@ def synth_set(
     imbalance: bool = False,
     n_points: tuple[int, int] = (60, 1400),
 ) -> list[Card]:
-    """``n`` labelled cards; ``kind`` is surface, downhole or mixed."""
+    """``n`` labelled cards; ``kind`` is surface, downhole or mixed (3/4 surface)."""
     rng = np.random.default_rng(seed)
     cards = []
     for mode, count in class_counts(n, modes, imbalance).items():
         for i in range(count):
-            k = kind if kind != "mixed" else str(rng.choice(["surface", "downhole"]))
+            k = (
+                kind
+                if kind != "mixed"
+                else ("surface" if rng.random() < MIXED_SURFACE else "downhole")
+            )
             cards.append(synth_card(rng, mode, kind=k, card_id=f"{mode}-{i}", n_points=n_points))
     order = rng.permutation(len(cards))
     return [cards[i] for i in order]

@@ -28,11 +28,11 @@ PIPELINE = "pump"
 class TrainConfig:
     arch: str = "resnet18"
     pretrained: str = "none"
-    size: int = 40
-    n_train: int = 6000
+    size: int = 48
+    n_train: int = 10000
     kind: str = "mixed"
     imbalance: bool = False
-    epochs: int = 5
+    epochs: int = 7
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4

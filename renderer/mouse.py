@@ -243,6 +243,24 @@ def mapping(viewport: tuple[float, float], size: tuple[int, int], margin: float 
     return Mapping(scale, (w - vw * scale) / 2, (h - vh * scale) / 2)
 
 
+FRAME_MIN_FRACTION = 0.3
+"""The model input frames each window's own bounding square, at least this fraction of the
+viewport's longer side (so a window of tiny movements is not magnified without limit)."""
+
+
+def frame_mapping(clean: Cleaned, size: tuple[int, int], margin: float = 2.0) -> Mapping:
+    """Map the square around the window's points into the image (model input only): where
+    on the page a person moved, and the viewport's shape, say more about the page than about
+    the person, so the model does not see them."""
+    h, w = size
+    xy = clean.events[:, 1:3]
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    side = max(float((hi - lo).max()), FRAME_MIN_FRACTION * max(clean.viewport), 1.0)
+    centre = (lo + hi) / 2
+    scale = min(w - 2 * margin, h - 2 * margin) / side
+    return Mapping(scale, w / 2 - centre[0] * scale, h / 2 - centre[1] * scale)
+
+
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     h, w = int(size[0]), int(size[1])
     if h < 8 or w < 8 or h * w > 4096 * 4096:
@@ -333,11 +351,11 @@ def stamp_discs(
 
 
 def _segments(
-    clean: Cleaned, size: tuple[int, int]
+    clean: Cleaned, cmap: Mapping
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Kinematics, np.ndarray]:
     """Image-space endpoints of the drawn segments, all kinematics and the drawn mask."""
     ev = clean.events
-    px, py = mapping(clean.viewport, size).apply(ev[:, 1:3])
+    px, py = cmap.apply(ev[:, 1:3])
     kin = kinematics(ev)
     drawn = kin.dt <= GAP_MS
     return px, py, px[1:], py[1:], kin, drawn
@@ -389,7 +407,8 @@ def draw_trail(
 ) -> np.ndarray:
     """:func:`render_trail` of an already sanitised session."""
     h, w = _check_size(size)
-    x0, y0, x1, y1, kin, drawn = _segments(clean, (h, w))
+    cmap = mapping(clean.viewport, (h, w))
+    x0, y0, x1, y1, kin, drawn = _segments(clean, cmap)
     x0, y0 = x0[:-1][drawn], y0[:-1][drawn]
     x1, y1 = x1[drawn], y1[drawn]
     level = speed_level(kin.speed[drawn])[:, None]
@@ -404,7 +423,6 @@ def draw_trail(
     radius = max(2.0, 3.5 * min(h, w) / 224)
     ring = max(1.0, 1.5 * min(h, w) / 224)
     ev = clean.events
-    cmap = mapping(clean.viewport, (h, w))
     for code, rgb in ((LEFT_DOWN, LEFT_COLOUR), (RIGHT_DOWN, RIGHT_COLOUR)):
         rows = ev[ev[:, 3] == code]
         if len(rows):
@@ -430,7 +448,8 @@ def draw_channels(clean: Cleaned, size: tuple[int, int] = (64, 64)) -> np.ndarra
     are discs valued ``+tanh(press/PRESS_SCALE_MS)`` (left) and ``-…`` (right).
     """
     h, w = _check_size(size)
-    x0, y0, x1, y1, kin, drawn = _segments(clean, (h, w))
+    cmap = frame_mapping(clean, (h, w))
+    x0, y0, x1, y1, kin, drawn = _segments(clean, cmap)
     vals = np.stack(
         [
             speed_level(kin.speed),
@@ -446,7 +465,6 @@ def draw_channels(clean: Cleaned, size: tuple[int, int] = (64, 64)) -> np.ndarra
     out[0], out[1:4] = ink, means
     radius = max(1.0, 2.0 * min(h, w) / 64)
     ev = clean.events
-    cmap = mapping(clean.viewport, (h, w))
     pause_at = np.flatnonzero(kin.dt >= PAUSE_MS) + 1
     if len(pause_at):
         cx, cy = cmap.apply(ev[pause_at, 1:3])

@@ -127,9 +127,9 @@ def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, batch_size: int) -> N
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the pass below
     model.train()
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.eval()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.eval()
     for i in range(0, len(x), batch_size):
         batch = torch.from_numpy(x[i : i + batch_size])
         if len(batch) > 1:

@@ -13,7 +13,8 @@ Answer 200::
 
 Errors are JSON ``{"error": code, "message": …}``: 400 malformed body, 401 wrong or missing
 site secret, 403 the session belongs to another account, 404 unknown (or another site's)
-session or account, 429 burst limit (``Retry-After``), 503 Redis or database down.
+session or account, 429 burst limit (``Retry-After``), 500 ``site_policy_invalid`` when the
+stored policy was edited by hand into something invalid, 503 Redis or database down.
 The logic lives in :mod:`scoring.decisions`; this module is the HTTP layer only.
 """
 
@@ -31,7 +32,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from renderer.errors import AccessDenied, InvalidInput, NotFound, RateLimited, StoreUnavailable
+from renderer.errors import (
+    AccessDenied,
+    ConfigError,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    StoreUnavailable,
+)
 from scoring.decisions import DecisionContext, evaluate, mouse_model_chooser, parse_request
 from scoring.policy import admit, parse_policy
 from scoring.schema import Site
@@ -80,7 +88,12 @@ def _authenticate(request: Request) -> Site:
 async def _site_and_limit(request: Request) -> Site:
     svc = services(request)
     site = await asyncio.to_thread(_authenticate, request)  # never block the loop on the pool
-    policy = parse_policy(site.policy)
+    try:
+        policy = parse_policy(site.policy)
+    except (
+        InvalidInput
+    ) as e:  # stored by hand around the admin page: the site's fault, not the caller's
+        raise ConfigError(f"policy of site {site.id}", f"{e} ({e.code})") from e
     wait = await admit(svc.redis, site.id, policy.rate_limit, int(time.time() * 1000))
     if wait > 0:
         raise RateLimited("too many decision requests for this site", retry_after=wait)
@@ -94,6 +107,9 @@ async def create_decision(request: Request) -> JSONResponse:
         answer = await evaluate(decision_context(request), site, req)
     except AccessDenied as e:
         return _error(401, "unauthorized", str(e), **{"WWW-Authenticate": "Bearer"})
+    except ConfigError as e:
+        log.error("decision refused: %s", e)
+        return _error(500, "site_policy_invalid", f"{e}; an admin must fix it")
     except RateLimited as e:
         retry = str(max(1, int(e.retry_after + 0.999)))
         return _error(429, "rate_limited", str(e), **{"Retry-After": retry})

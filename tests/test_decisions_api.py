@@ -324,3 +324,12 @@ def test_accounts_without_a_model_get_the_group_model_or_not_enrolled(
         ["not_enrolled"],
         None,
     )
+
+
+def test_a_broken_stored_policy_is_the_sites_problem_not_a_bad_request(quick: Env) -> None:
+    quick.set_policy("shop", {"insufficient_data": "maybe"})  # by hand, around the admin page
+    sid = quick.collect("shop")
+    r = quick.decide({"session_id": sid, "action": "login"})
+    assert r.status_code == 500 and r.json()["error"] == "site_policy_invalid"
+    assert "insufficient_data" in r.json()["message"]
+    assert quick.count(Decision) == 0

@@ -408,7 +408,7 @@ class PipelineRunner:
     def _compute(self, outcomes: list[Outcome]) -> None:
         if type(self.pipeline).process is not Pipeline.process:
             for o in outcomes:
-                self._guard(o, lambda o=o: self.pipeline.process(o.item))
+                o.result = self._guard(o, lambda o=o: self.pipeline.process(o.item))
             return
         rendered: list[tuple[Outcome, torch.Tensor]] = []
         for o in outcomes:

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import redis
@@ -219,3 +220,37 @@ def test_every_key_one_pipeline_touches_in_a_transaction_is_in_one_cluster_slot(
     for name in (*keys.PIPELINES, NAME):
         names = [keys.jobs_stream(name), keys.job_attempts(name), keys.dead_letter_stream(name)]
         assert len({key_slot(n.encode()) for n in names}) == 1, names
+
+
+class StreamingProbe(ProbePipeline):
+    """A pipeline that scores each item alone through its own ``process`` (as whale streams)."""
+
+    processed: ClassVar[list[str]] = []
+
+    def process(self, item: dict[str, Any]) -> dict[str, Any]:
+        type(self).processed.append(item["session_id"])
+        images = self.render(item)
+        return self.summarise(item, torch.cat([self.score(im[None]) for im in images]))
+
+
+def test_a_pipeline_overriding_process_is_run_item_by_item_and_stored(
+    redis_client: redis.Redis, redis_url: str, sqlite_url: str
+) -> None:
+    sessions = _sessions(sqlite_url)
+    sids = seed_sessions(sessions, 3)
+    jobs = [enqueue(redis_client, sid, np.random.default_rng(7)) for sid in sids]
+    StreamingProbe.processed.clear()
+    metrics = WorkerMetrics.create(CollectorRegistry())
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        ctx = Context(sessions=sessions, redis=client, model_dir=Path("."), data_dir=Path("."))
+        runner = PipelineRunner(StreamingProbe(ctx), ctx, WorkerConfig(batch_size=3), metrics)
+        await runner.ensure_group()
+        await runner.process_batch(await runner.next_entries())
+        await client.aclose()
+
+    asyncio.run(main())
+    assert result_counts(sessions) == {job: 1 for job in jobs}
+    assert sorted(StreamingProbe.processed) == sorted(sids)
+    assert _queue_empty(redis_client)

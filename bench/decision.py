@@ -218,15 +218,23 @@ class Load:
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)
     scored_latencies: list[float] = field(default_factory=list)
     unscored: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
     streamed_frames: int = 0
 
 
 async def decide(client: Any, site: Site, sid: str, action: str, load: Load) -> None:
+    import httpx
+
     headers = {"Authorization": f"Bearer {site.key}.{site.secret}"}
     t0 = time.perf_counter()
-    r = await client.post(
-        "/api/v1/decisions", json={"session_id": sid, "action": action}, headers=headers
-    )
+    try:
+        r = await client.post(
+            "/api/v1/decisions", json={"session_id": sid, "action": action}, headers=headers
+        )
+    except httpx.HTTPError as e:  # counted, not hidden: a failed request is a result too
+        load.latencies.append(time.perf_counter() - t0)
+        load.errors[type(e).__name__] = load.errors.get(type(e).__name__, 0) + 1
+        return
     load.latencies.append(time.perf_counter() - t0)
     load.statuses[r.status_code] = load.statuses.get(r.status_code, 0) + 1
     if r.status_code != 200:
@@ -400,11 +408,12 @@ def bench(args: argparse.Namespace) -> None:
         finally:
             redis_proc.terminate()
             redis_proc.wait(timeout=30)
-    done = sum(load.statuses.values())
+    done = sum(load.statuses.values()) + sum(load.errors.values())
     rate = done / load.latencies_wall  # type: ignore[attr-defined]
     print(f"idle baseline: n={len(idle)} p50_ms={ms(idle, 50):.1f} p99_ms={ms(idle, 99):.1f}")
     print(
-        f"under load: n={done} statuses={load.statuses} live_pages={args.live} "
+        f"under load: n={done} statuses={load.statuses} errors={load.errors} "
+        f"live_pages={args.live} "
         f"frames_streamed={load.streamed_frames} p50_ms={ms(load.latencies, 50):.1f} "
         f"p90_ms={ms(load.latencies, 90):.1f} p99_ms={ms(load.latencies, 99):.1f} "
         f"max_ms={ms(load.latencies, 100):.1f}"

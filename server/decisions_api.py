@@ -28,7 +28,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
@@ -117,6 +117,8 @@ async def create_decision(request: Request) -> JSONResponse:
         return _error(404, "not_found", str(e))
     except InvalidInput as e:
         return _error(403 if e.code in FORBIDDEN_CODES else 400, e.code, str(e))
+    except ClientDisconnect:  # the caller gave up (its own timeout): nobody to answer
+        return _error(400, "client_disconnected", "the client went away")
     except (StoreUnavailable, RedisError, SQLAlchemyError) as e:
         log.exception("decision request failed: store unavailable")
         return _error(503, "store_unavailable", f"{e.__class__.__name__}: try again")

@@ -449,7 +449,8 @@ def draw_channels(clean: Cleaned, size: tuple[int, int] = (64, 64)) -> np.ndarra
     """
     h, w = _check_size(size)
     cmap = frame_mapping(clean, (h, w))
-    x0, y0, x1, y1, kin, drawn = _segments(clean, cmap)
+    moving = Cleaned(resample(clean.events), clean.viewport)
+    x0, y0, x1, y1, kin, drawn = _segments(moving, cmap)
     vals = np.stack(
         [
             speed_level(kin.speed),
@@ -465,10 +466,11 @@ def draw_channels(clean: Cleaned, size: tuple[int, int] = (64, 64)) -> np.ndarra
     out[0], out[1:4] = ink, means
     radius = max(1.0, 2.0 * min(h, w) / 64)
     ev = clean.events
-    pause_at = np.flatnonzero(kin.dt >= PAUSE_MS) + 1
+    gaps = np.diff(ev[:, 0])
+    pause_at = np.flatnonzero(gaps >= PAUSE_MS) + 1
     if len(pause_at):
         cx, cy = cmap.apply(ev[pause_at, 1:3])
-        level = np.log(np.minimum(kin.dt[pause_at - 1], 10 * GAP_MS) / PAUSE_MS) / np.log(
+        level = np.log(np.minimum(gaps[pause_at - 1], 10 * GAP_MS) / PAUSE_MS) / np.log(
             10 * GAP_MS / PAUSE_MS
         )
         out[4] = np.clip(stamp_discs(cx, cy, 0.2 + 0.8 * level, radius, (h, w)), 0, 1)
@@ -482,6 +484,29 @@ def draw_channels(clean: Cleaned, size: tuple[int, int] = (64, 64)) -> np.ndarra
     out[5] = np.clip(clicks, -1, 1)
     out[6], out[7] = _phase_planes(kin, drawn, (h, w))
     return out
+
+
+RESAMPLE_MS = 10.0
+"""The model's kinematics are computed on positions resampled every 10 ms (100 Hz) inside
+movements: raw finite differences depend on the device's sampling rate (60–250 Hz), which
+says something about the device, not about the person."""
+
+
+def resample(ev: np.ndarray, step_ms: float = RESAMPLE_MS) -> np.ndarray:
+    """Positions linearly interpolated on a regular time grid, skipping silences ≥ PAUSE_MS.
+
+    Returns move rows ``(t, x, y, 0)``; a silence shows up as a longer step between rows.
+    """
+    t = ev[:, 0]
+    if len(ev) < 2 or t[-1] - t[0] < step_ms:
+        return ev.copy()
+    grid = np.arange(t[0], t[-1], step_ms)
+    j = np.clip(np.searchsorted(t, grid, side="right") - 1, 0, len(t) - 2)
+    moving = (t[j + 1] - t[j]) < PAUSE_MS
+    grid = np.r_[grid[moving], t[-1]]
+    x = np.interp(grid, t, ev[:, 1])
+    y = np.interp(grid, t, ev[:, 2])
+    return np.column_stack([grid, x, y, np.zeros(len(grid))])
 
 
 def _smooth(values: np.ndarray, k: int = 5) -> np.ndarray:

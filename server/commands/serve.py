@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -91,7 +92,15 @@ def _start_workers(settings: Settings, redis_url: str) -> list[subprocess.Popen[
     return [subprocess.Popen(cmd, env=env) for _ in range(settings.workers)]
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # uvicorn re-raises the signal it caught once it has shut down; with the default handler
+    # that would kill this process before the finally below stops the workers and the
+    # embedded Redis, so turn it into an ordinary exit.
+    raise SystemExit(128 + signum)
+
+
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     engine = make_engine(settings.database_url)
     ping(engine)
     engine.dispose()

@@ -28,6 +28,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -431,6 +432,11 @@ class DecisionContext:
     choose_model: ModelChooser
     scoring_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     """Concurrent scorings: more than the cores only makes every answer slower."""
+    scoring_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="decision-scoring")
+    )
+    """Scoring threads of their own, so that slow scorings never hold up the short database
+    steps of other requests (those use the loop's default executor)."""
     max_waiting: int = 8
     """Decisions allowed to queue for a scoring slot; past that the answer is the site's
     default with reason ``overloaded`` at once, instead of a late answer for everyone."""
@@ -510,8 +516,10 @@ async def score_pages(
     finally:
         ctx.waiting -= 1
     try:
+        loop = asyncio.get_running_loop()
         return {
-            sid: await asyncio.to_thread(_score_page, scorer, data) for sid, data in pages.items()
+            sid: await loop.run_in_executor(ctx.scoring_pool, _score_page, scorer, data)
+            for sid, data in pages.items()
         }
     finally:
         ctx.scoring_slots.release()

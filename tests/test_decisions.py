@@ -308,7 +308,13 @@ class _GatedScorer:
 def test_scoring_sheds_load_past_the_queue_bound(redis_url: str) -> None:
     async def scenario() -> list[Any]:
         redis = aioredis.Redis.from_url(redis_url)
-        ctx = DecisionContext(redis, None, lambda _a: ModelChoice("none"), asyncio.Semaphore(1), 1)  # type: ignore[arg-type]
+        ctx = DecisionContext(
+            redis,
+            None,  # type: ignore[arg-type]
+            lambda _a: ModelChoice("none"),
+            scoring_slots=asyncio.Semaphore(1),
+            max_waiting=1,
+        )
         scorer = _GatedScorer()
         page = {"p": SessionData({}, (800, 600), np.zeros((800, 4)))}
         first = asyncio.create_task(score_pages(ctx, scorer, page))  # takes the slot

@@ -4,7 +4,8 @@ It loads the active models from the model store: the *owner* backbone with its p
 heads, and the *group* model. A session claiming an enrolled account is scored by that
 account's head (mode ``owner``); any other session by the group model (mode ``group``);
 with no trained model at all an untrained network scores it (mode ``untrained``) and nothing
-is ever flagged on such a score.
+is ever flagged on such a score; with an owner model but no group model, a session of an
+account without a head is ``not_enrolled`` (score 0, never flagged).
 
 Scores are logits (higher = more likely an impostor / non-customer). ``risk`` is
 ``sigmoid(score - threshold)``: above 0.5 exactly when the calibrated threshold is crossed.
@@ -103,9 +104,13 @@ class MouseScorer:
         return model.prep
 
     def mode_for(self, account: str | None) -> str:
+        """owner (enrolled account), group, untrained (no model at all) or not_enrolled (an
+        owner model exists, no group model, and this account has no head)."""
         if self.owner is not None and account and account in self.owner.heads:
             return "owner"
-        return "untrained" if self.untrained else "group"
+        if self.group is not None:
+            return "group"
+        return "untrained" if self.untrained else "not_enrolled"
 
     def images(self, clean: Cleaned) -> torch.Tensor:
         """The session's windows as the model input (K, C, H, W)."""
@@ -141,9 +146,11 @@ class MouseScorer:
             threshold, row = head.threshold, self.owner_row
         elif mode == "group" and self.group is not None:
             score, threshold, row = float(out[:, -1].mean()), self.group.threshold, self.group_row
-        else:
+        elif mode == "untrained":
             score, threshold, row = float(out[:, -1].mean()), math.inf, None
-        flagged = mode != "untrained" and score > threshold
+        else:  # not enrolled and no group model: no evidence either way
+            score, threshold, row = 0.0, math.inf, None
+        flagged = mode in ("owner", "group") and score > threshold
         return Assessment(
             score=score,
             risk=_risk(score, threshold),

@@ -1,0 +1,68 @@
+"""MouseScorer: which model judges which session, and the live-scoring API."""
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from renderer.errors import InvalidSession
+from scoring.database import make_engine, make_sessionmaker
+from scoring.mouse import store
+from scoring.mouse.data import Preprocessing
+from scoring.mouse.inference import MouseScorer
+from scoring.mouse.model import ModelConfig, build
+from scoring.mouse.synth import draw_habits, generate_events
+from scoring.mouse.train import Head, OwnerModel
+from scoring.schema import Account, Site
+
+PREP = Preprocessing(size=32, window_events=300)
+
+
+def events(n: int = 700) -> tuple[np.ndarray, tuple[int, int]]:
+    rng = np.random.default_rng(n)
+    return generate_events(draw_habits(rng), n, rng)
+
+
+def test_no_model_scores_untrained_and_never_flags(sqlite_url: str, tmp_path: Path) -> None:
+    engine = make_engine(sqlite_url)
+    scorer = MouseScorer(make_sessionmaker(engine), tmp_path)
+    ev, vp = events()
+    a = scorer.assess(ev, vp, "anyone")
+    assert a.mode == "untrained" and not a.flagged and a.n_windows == 2
+    risk, windows = scorer.score_events(ev, vp)
+    assert 0 <= risk <= 1 and windows == 2
+    with pytest.raises(InvalidSession) as e:
+        scorer.score_events(np.array([[0.0, 5, 5, 0]]), vp)
+    assert e.value.code == "too_few_events"
+    engine.dispose()
+
+
+def test_owner_model_judges_enrolled_accounts_only(sqlite_url: str, tmp_path: Path) -> None:
+    engine = make_engine(sqlite_url)
+    sessions = make_sessionmaker(engine)
+    with sessions() as s, s.begin():
+        site = Site(key=f"tgk_{uuid.uuid4().hex[:8]}", name="x", secret_hash="x")
+        s.add(site)
+        s.flush()
+        s.add_all([Account(site_id=site.id, external_id=e) for e in ("alice", "zoe")])
+    net = build(ModelConfig(width=0.0625, size=32, embed_dim=8, n_out=2)).eval()
+    heads = {"alice": Head(np.full(8, -1.0, dtype=np.float32), 0.0, threshold=-1e6)}
+    model = OwnerModel(net, PREP, heads)
+    with sessions() as s, s.begin():
+        store.register(s, store.save(tmp_path, model, "v1"), model, "v1")
+        ids = {a.external_id: a.id for a in s.query(Account)}
+    scorer = MouseScorer(sessions, tmp_path)
+    ev, vp = events()
+    alice = scorer.assess(ev, vp, "alice")
+    assert alice.mode == "owner" and alice.flagged and alice.version == "v1"
+    assert alice.risk > 0.5
+    stranger = scorer.assess(ev, vp, "zoe")
+    assert stranger.mode == "not_enrolled" and not stranger.flagged
+    bound = scorer.for_account(ids["alice"])
+    assert bound.kind == "account" and bound.version == "v1"
+    risk, windows = bound.score_events(ev, vp)
+    assert risk == pytest.approx(alice.risk) and windows == alice.n_windows
+    assert scorer.for_account(ids["zoe"]).kind == "none"
+    assert scorer.for_account(None).kind == "none"
+    engine.dispose()

@@ -29,14 +29,25 @@ def test_no_import_goes_back_up(package: str) -> None:
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def _reads_environment(path: Path) -> bool:
-    return any(
+def _is_os_environ(node: ast.AST) -> bool:
+    return (
         isinstance(node, ast.Attribute)
         and isinstance(node.value, ast.Name)
         and node.value.id == "os"
         and node.attr in ("environ", "getenv")
-        for node in ast.walk(ast.parse(path.read_text()))
     )
+
+
+def _reads_environment(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    # Setting a variable for a library that only takes its configuration from the environment
+    # (prometheus-client's multiprocess directory) is not reading configuration from it.
+    writes = {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store)
+    }
+    return any(_is_os_environ(node) and id(node) not in writes for node in ast.walk(tree))
 
 
 def test_only_the_cli_reads_the_environment() -> None:

@@ -88,6 +88,7 @@ def _register_train(psub: argparse._SubParsersAction) -> None:
     tr.add_argument("--arch", choices=["resnet18", "resnet34", "vgg16_bn", "vgg16"])
     tr.add_argument("--pretrained", help="imagenet, none or a weights file (default none)")
     tr.add_argument("--seed", type=int)
+    tr.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
     tr.add_argument("--no-activate", action="store_true")
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=train_cmd)
@@ -142,6 +143,7 @@ def train_cmd(settings: Settings, args: argparse.Namespace) -> int:
             "arch": args.arch,
             "pretrained": args.pretrained,
             "seed": args.seed,
+            "lr": args.lr,
         }.items()
         if v is not None
     }

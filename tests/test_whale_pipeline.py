@@ -144,11 +144,6 @@ def test_bad_jobs_fail_permanently(sessions: sessionmaker[Session], tmp_path: Pa
     assert e.value.code == "corrupt_audio"
 
 
-@pytest.mark.xfail(
-    reason="scoring/worker.py _compute drops the result of an overridden Pipeline.process "
-    "(self._guard(...) is not assigned to o.result), so streaming pipelines never commit",
-    strict=False,
-)
 def test_worker_runs_whale_jobs_from_redis(
     sessions: sessionmaker[Session], tmp_path: Path, redis_url: str
 ) -> None:

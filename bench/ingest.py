@@ -341,7 +341,8 @@ def report(name: str, r: Result) -> None:
         f"acked={s.acked} ack_msgs_per_s={s.acked / r.wall_s:.0f} "
         f"p50_ack_ms={percentile_ms(s.latencies, 50):.1f} "
         f"p99_ack_ms={percentile_ms(s.latencies, 99):.1f} server_cpu={r.cpu:.2f} "
-        f"rss_per_conn_kb={r.rss_per_conn / 1024:.0f}"
+        f"rss_per_conn_kb={r.rss_per_conn / 1024:.0f} "
+        f"cpu_us_per_msg={r.cpu * r.wall_s / max(1, s.acked) * 1e6:.0f}"
     )
 
 

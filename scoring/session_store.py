@@ -26,7 +26,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from renderer.errors import InvalidInput, NotFound
+from renderer.errors import InvalidInput, NotFound, StoreUnavailable
 from scoring import keys
 
 SAMPLE_DTYPE = np.dtype([("t", "<u4"), ("x", "<i2"), ("y", "<i2"), ("code", "u1")])
@@ -236,6 +236,8 @@ class AppendBatcher:
         self.queue: asyncio.Queue[tuple[list[str], list[Any], asyncio.Future[int]]] = (
             asyncio.Queue()
         )
+        self.in_flight: list[tuple[list[str], list[Any], asyncio.Future[int]]] = []
+        self.closed = False
 
     async def append(
         self,
@@ -248,19 +250,40 @@ class AppendBatcher:
         caps: Caps,
     ) -> int:
         keys_, args = _append_call(sid, seq, events, t_first, t_last, now, caps)
+        if self.closed:  # shutting down: no batches any more, one round trip each
+            return await _append(self.redis, keys_, args)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait((keys_, args, future))
         return await future
+
+    def close(self) -> None:
+        """After :meth:`run` is cancelled: fail whatever still waits, so no caller hangs."""
+        self.closed = True
+        error = StoreUnavailable("the collector is shutting down")
+        for _keys, _args, future in [*self.in_flight, *self._drain()]:
+            if not future.done():
+                future.set_exception(error)
+        self.in_flight = []
+
+    def _drain(self) -> list[tuple[list[str], list[Any], asyncio.Future[int]]]:
+        items = []
+        while not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        return items
 
     async def run(self) -> None:
         while True:
             batch = [await self.queue.get()]
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
+            self.in_flight = batch
             try:
                 results = await self._send(batch)
             except Exception as e:  # Redis down: every caller in the batch gets the error
                 results = [e] * len(batch)
+            self.in_flight = []
+            if len(results) != len(batch):  # never leave a caller waiting forever
+                results = [RuntimeError("pipeline answered the wrong count")] * len(batch)
             for (_keys, _args, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue

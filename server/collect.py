@@ -97,14 +97,17 @@ async def _site(app: Starlette, key: str) -> SiteInfo | None:
     )
     hit = cache.get(key)
     now = time.monotonic()
-    if hit and hit[1] > now and not (hit[0].done() and hit[0].exception()):
+    if hit and hit[1] > now:
         return await asyncio.shield(hit[0])
     future: asyncio.Future[SiteInfo | None] = asyncio.get_running_loop().create_future()
     cache[key] = (future, now + _config(app).site_cache_s)
     try:
         future.set_result(await run_in_threadpool(_load_site, _services(app).sessions, key))
-    except Exception as e:  # the waiters see it too; the next hello retries
-        future.set_exception(e)
+    except BaseException as e:  # failed or cancelled: waiters see it, the next hello retries
+        cache.pop(key, None)
+        future.set_exception(e if isinstance(e, Exception) else NotFound("site lookup cancelled"))
+        future.exception()  # retrieved here, so an unawaited future logs nothing
+        raise
     return await future
 
 
@@ -326,11 +329,11 @@ async def sweep_once(svc: Services, cfg: CollectorConfig, now: float) -> int:
 async def _sweep_forever(app: Starlette) -> None:
     while True:
         cfg = _config(app)
+        await asyncio.sleep(cfg.sweep_every_s)
         try:
             await sweep_once(_services(app), cfg, time.time())
         except Exception:  # the sweeper outlives a Redis hiccup; it logs and tries again
             log.exception("session sweep failed")
-        await asyncio.sleep(cfg.sweep_every_s)
 
 
 @contextlib.asynccontextmanager
@@ -345,9 +348,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.collector_batcher = None
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.wait(tasks, timeout=10)
+        batcher.close()
 
 
 # --- endpoints ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Spectrogram time for one hour of audio: our torch PCEN front end against librosa, same run.
 
-Run: ``.venv/bin/python bench/spectrogram.py [--minutes 60] [--threads 2] [--windows 256]``
+Run: ``.venv/bin/python bench/spectrogram.py [--minutes 60] [--threads 1] [--windows 256]``
 
 Both compute the same thing (magnitude STFT 1,024/300 → 64 HTK mel bins → squared → PCEN) on
 the same synthetic hour at 10 kHz, fed in 60-second chunks as the pipeline streams a file.
@@ -80,7 +80,7 @@ def detector_rate(n_windows: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=60.0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--windows", type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

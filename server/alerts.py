@@ -49,6 +49,7 @@ LINK_SALT = "tg-alert-link"
 LINK_LIFETIME = dt.timedelta(days=7)
 MAX_ATTEMPTS = 5
 DISPATCH_INTERVAL = 15.0
+SHUTDOWN_GRACE = 5.0
 DIGEST_LIMIT = 50
 DECISION_TEXT = {"not_me": "This wasn't me", "me": "This was me"}
 
@@ -357,8 +358,11 @@ async def background_dispatch(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # A cancellation that lands inside a Redis or SMTP call can leave the task waiting on
+        # a connection that will not answer; shutdown must not wait for it forever.
+        done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_GRACE)
+        if not done:
+            log.warning("alert dispatcher did not stop within %.0f s; leaving it", SHUTDOWN_GRACE)
 
 
 def wake_dispatcher(request: Request) -> None:

@@ -412,12 +412,13 @@ def test_snippet_is_served_with_cache_headers_and_etag(quick: tuple) -> None:
     assert again.status_code == 304 and again.content == b""
 
 
-def test_docs_give_the_current_subresource_integrity_hash() -> None:
+@pytest.mark.parametrize("doc_path", ["docs/collector.md", "README.md"])
+def test_docs_give_the_current_subresource_integrity_hash(doc_path: str) -> None:
     import base64
     import hashlib
     import re
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "collector.md").read_text()
+    doc = (Path(__file__).resolve().parent.parent / doc_path).read_text()
     digest = hashlib.sha384(collect.SNIPPET_PATH.read_bytes()).digest()
     want = "sha384-" + base64.b64encode(digest).decode()
     assert re.findall(r"sha384-[A-Za-z0-9+/=]{64}", doc) == [want]

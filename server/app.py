@@ -18,6 +18,8 @@ import redis.asyncio as aioredis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
@@ -123,6 +125,29 @@ def create_app(settings: Settings, redis_url: str | None = None) -> Starlette:
             await svc.redis.aclose()
             engine.dispose()
 
-    app = Starlette(routes=[Route("/healthz", healthz), *_area_routes()], lifespan=lifespan)
+    app = Starlette(
+        routes=[Route("/healthz", healthz), *_area_routes()],
+        middleware=_cors(settings),
+        lifespan=lifespan,
+    )
     app.state.services = svc
     return app
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """Browsers on ``TRAILGUARD_ALLOWED_ORIGINS`` may call the JSON API (e.g. an admin tool).
+
+    The collector does its own per-site Origin check; site back ends call the API server to
+    server, where CORS does not apply. No cookies cross origins: the API uses bearer secrets.
+    """
+    if not settings.allowed_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    ]

@@ -73,7 +73,7 @@ def _train_parser(ws: argparse._SubParsersAction) -> None:
     tr.add_argument("--epochs", type=int, default=6)
     tr.add_argument("--batch-size", type=int, default=32)
     tr.add_argument("--lr", type=float, default=2e-3)
-    tr.add_argument("--time-budget-min", type=float, default=10.0, help="stop training after")
+    tr.add_argument("--time-budget-min", type=float, default=13.0, help="stop training after")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     tr.add_argument("--no-activate", action="store_true", help="register without activating")

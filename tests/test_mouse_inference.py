@@ -66,3 +66,36 @@ def test_owner_model_judges_enrolled_accounts_only(sqlite_url: str, tmp_path: Pa
     assert scorer.for_account(ids["zoe"]).kind == "none"
     assert scorer.for_account(None).kind == "none"
     engine.dispose()
+
+
+def test_one_session_runs_only_the_network_its_mode_needs(sqlite_url: str, tmp_path: Path) -> None:
+    # A live decision scores one session: it must not pay for both networks, and the answer
+    # must equal what the worker's both-networks batch gives for the same session.
+    from scoring.mouse.train import GroupModel
+
+    engine = make_engine(sqlite_url)
+    sessions = make_sessionmaker(engine)
+    owner_net = build(ModelConfig(width=0.0625, size=32, embed_dim=8, n_out=2)).eval()
+    heads = {"alice": Head(np.linspace(-1, 1, 8).astype(np.float32), 0.1, threshold=0.0)}
+    group_net = build(ModelConfig(width=0.0625, size=32, embed_dim=8, n_out=1)).eval()
+    with sessions() as s, s.begin():
+        owner = OwnerModel(owner_net, PREP, heads)
+        store.register(s, store.save(tmp_path, owner, "o1"), owner, "o1")
+        group = GroupModel(group_net, PREP, threshold=0.2)
+        store.register(s, store.save(tmp_path, group, "g1"), group, "g1")
+    scorer = MouseScorer(sessions, tmp_path)
+    ev, vp = events()
+    from renderer.mouse import sanitize
+
+    images = scorer.images(sanitize(ev, vp))
+    both = scorer.forward(images)
+    owner_only = scorer.forward(images, "owner")
+    group_only = scorer.forward(images, "group")
+    assert owner_only.shape == both.shape and bool(owner_only[:, -1].isnan().all())
+    assert group_only.shape == (len(images), 1)
+    for account, mode in (("alice", "owner"), ("bob", "group")):
+        live = scorer.assess(ev, vp, account)
+        batch = scorer.summarise(account, both)
+        assert live.mode == batch.mode == mode
+        assert live.score == pytest.approx(batch.score, abs=1e-5)
+    engine.dispose()

@@ -120,16 +120,22 @@ class MouseScorer:
             )
         return torch.from_numpy(scoring_images(clean, self.prep))
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         """(B, D + 1): the owner backbone's embedding (D = 0 without one), then the group
-        (or untrained) model's logit."""
+        (or untrained) model's logit.
+
+        ``mode`` (from :meth:`mode_for`) names the one network a single session needs: a live
+        decision then pays for one forward pass, not two. ``None`` (a worker batch mixing
+        accounts) runs both. A network not run leaves its columns out (owner) or NaN (group);
+        :meth:`summarise` reads only the columns of the session's mode.
+        """
         batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
         parts = []
         with self._lock, torch.inference_mode():
-            if self.owner is not None:
+            if self.owner is not None and mode in (None, "owner"):
                 parts.append(self.owner.model.eval().embed(batch).float())
             group = self.group or (self.untrained_model if self.untrained else None)
-            if group is not None:
+            if group is not None and mode != "owner":
                 size = group.prep.size
                 x = batch if batch.shape[-1] == size else F.interpolate(batch, size=(size, size))
                 parts.append(group.model.eval()(x).float())
@@ -166,7 +172,7 @@ class MouseScorer:
         self, events: np.ndarray, viewport: tuple[float, float], account: str | None = None
     ) -> Assessment:
         images = self.images(sanitize(events, viewport))
-        return self.summarise(account, self.forward(images))
+        return self.summarise(account, self.forward(images, self.mode_for(account)))
 
     def score_events(
         self, events: np.ndarray, viewport: tuple[float, float], account: str | None = None

@@ -59,8 +59,6 @@ def consumer_group(pipeline: str) -> str:
 LIVE_SESSIONS = f"{PREFIX}:{{sessions}}:live"
 """Sorted set sid → last activity (unix seconds) of sessions not yet ended."""
 
-HEALTH_PROBE = f"{PREFIX}:{{health}}:probe"
-
 
 def rate_limit(scope: str, ident: str) -> str:
     """Counter for a fixed-window rate limit."""

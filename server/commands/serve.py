@@ -83,10 +83,6 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _start_workers(settings: Settings, redis_url: str) -> list[subprocess.Popen[bytes]]:
-    from server.commands import COMMAND_MODULES
-
-    if "server.commands.worker" not in COMMAND_MODULES:
-        return []
     env = {**os.environ, "TRAILGUARD_REDIS_URL": redis_url}
     cmd = [sys.executable, "-m", "server.cli", "worker"]
     return [subprocess.Popen(cmd, env=env) for _ in range(settings.workers)]

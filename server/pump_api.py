@@ -32,29 +32,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from renderer.errors import AccessDenied, InvalidCard, InvalidInput, NotFound
+from renderer.errors import InvalidCard, InvalidInput, NotFound
 from scoring import jobs
 from scoring.pump.cards import Card, from_json, parse_csv
 from scoring.schema import PumpCard, PumpDiagnosis
+from server import site_api
 from server.app import services
-from server.siteauth import authenticate_site
 
 MAX_BODY = 8 * 1024 * 1024
 MAX_CARDS = 1000
-
-
-def _error(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
-
-
-async def _authenticate(request: Request) -> None:
-    svc = services(request)
-
-    def check() -> None:
-        with svc.sessions() as session:
-            authenticate_site(request, session)
-
-    await run_in_threadpool(check)
 
 
 async def _body(request: Request) -> bytes:
@@ -160,19 +146,7 @@ async def _submit(request: Request, cards: list[Card], source: str) -> JSONRespo
 
 
 async def _guarded(request: Request, handler: Any) -> Response:
-    """Authentication and the error → status mapping shared by every endpoint."""
-    try:
-        await _authenticate(request)
-        response: Response = await handler(request)
-        return response
-    except AccessDenied as e:
-        return _error(401, "access_denied", str(e))
-    except CardExists as e:
-        return _error(409, e.code, str(e))
-    except InvalidInput as e:
-        return _error(413 if e.code == "too_large" else 400, e.code, str(e))
-    except NotFound as e:
-        return _error(404, "not_found", str(e))
+    return await site_api.guarded(request, handler, conflicts=(CardExists,))
 
 
 async def _post_json(request: Request) -> Response:

@@ -26,34 +26,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from renderer.errors import AccessDenied, InvalidAudio, InvalidInput, NotFound
+from renderer.errors import InvalidAudio, InvalidInput, NotFound
 from scoring import jobs
 from scoring.schema import AudioClip, ClipAnalysis, Detection
 from scoring.whale import audio_io
+from server import site_api
 from server.app import services
-from server.siteauth import authenticate_site
 
 MAX_UPLOAD = 2 * 1024**3
 """Largest accepted recording (2 GiB: about 30 h of 16-bit mono audio at 10 kHz)."""
 COPY_CHUNK = 1024 * 1024
 
 
-def _error(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
-
-
 def upload_dir(data_dir: Path) -> Path:
     return data_dir / "whale" / "uploads"
-
-
-async def _authenticate(request: Request) -> None:
-    svc = services(request)
-
-    def check() -> None:
-        with svc.sessions() as session:
-            authenticate_site(request, session)
-
-    await run_in_threadpool(check)
 
 
 def _too_large() -> InvalidInput:
@@ -183,17 +169,7 @@ async def _get_clip(request: Request) -> Response:
 
 
 async def _guarded(request: Request, handler: Any) -> Response:
-    """Authentication and the error → status mapping shared by every endpoint."""
-    try:
-        await _authenticate(request)
-        response: Response = await handler(request)
-        return response
-    except AccessDenied as e:
-        return _error(401, "access_denied", str(e))
-    except InvalidInput as e:
-        return _error(413 if e.code == "too_large" else 400, e.code, str(e))
-    except NotFound as e:
-        return _error(404, "not_found", str(e))
+    return await site_api.guarded(request, handler)
 
 
 async def upload_clip(request: Request) -> Response:

@@ -237,6 +237,7 @@ class AppendBatcher:
             asyncio.Queue()
         )
         self.in_flight: list[tuple[list[str], list[Any], asyncio.Future[int]]] = []
+        self.touches: dict[str, float] = {}
         self.closed = False
 
     async def append(
@@ -255,6 +256,14 @@ class AppendBatcher:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait((keys_, args, future))
         return await future
+
+    def touch(self, sid: str, now: float) -> None:
+        """Mark a session live, with the next batch: all pending marks go in one ZADD.
+
+        The live index only says which sessions the sweeper should look at; it reads each
+        one's ``last_seen`` (which every append sets) before ending it, so a mark that rides
+        with a later batch, or is lost at shutdown, never ends a session early."""
+        self.touches[sid] = now
 
     def close(self) -> None:
         """After :meth:`run` is cancelled: fail whatever still waits, so no caller hangs."""
@@ -293,10 +302,13 @@ class AppendBatcher:
                     future.set_result(int(result))
 
     async def _send(self, batch: list[tuple[list[str], list[Any], Any]]) -> list[Any]:
+        touches, self.touches = self.touches, {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for keys_, args, _future in batch:
                 pipe.evalsha(_append.sha, len(keys_), *keys_, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+            if touches:
+                pipe.zadd(keys.LIVE_SESSIONS, touches)
+            results: list[Any] = (await pipe.execute(raise_on_error=False))[: len(batch)]
         for i, result in enumerate(results):
             if isinstance(result, NoScriptError):  # Redis restarted or flushed its scripts
                 keys_, args, _future = batch[i]

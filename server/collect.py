@@ -186,7 +186,11 @@ class Ingest:
     async def _touch(self, now: float, force: bool = False) -> None:
         if self.sid and (force or now - self.touched >= 1.0):
             self.touched = now
-            await store.touch_live(self.svc.redis, self.sid, now)
+            batcher = getattr(self.app.state, "collector_batcher", None)
+            if isinstance(batcher, store.AppendBatcher) and not force:
+                batcher.touch(self.sid, now)  # one ZADD per batch, not a round trip each
+            else:
+                await store.touch_live(self.svc.redis, self.sid, now)
 
     async def frame(self, frame: wire.Frame) -> None:
         """Store a decoded frame (once); raises :class:`InvalidFrame` when a cap says no."""

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from renderer.errors import InvalidSession
 from scoring.database import make_engine, make_sessionmaker
@@ -14,7 +15,7 @@ from scoring.mouse.inference import MouseScorer
 from scoring.mouse.model import ModelConfig, build
 from scoring.mouse.synth import draw_habits, generate_events
 from scoring.mouse.train import Head, OwnerModel
-from scoring.schema import Account, Site
+from scoring.schema import Account, ModelVersion, Site
 
 PREP = Preprocessing(size=32, window_events=300)
 
@@ -61,7 +62,7 @@ def test_owner_model_judges_enrolled_accounts_only(sqlite_url: str, tmp_path: Pa
     assert stranger.mode == "not_enrolled" and not stranger.flagged
     bound = scorer.for_account(ids["alice"])
     assert bound.kind == "account" and bound.version == "v1"
-    risk, windows = bound.score_events(ev, vp)
+    risk, windows, _rendered = bound.score_events(ev, vp)
     assert risk == pytest.approx(alice.risk) and windows == alice.n_windows
     assert scorer.for_account(ids["zoe"]).kind == "none"
     assert scorer.for_account(None).kind == "none"
@@ -98,4 +99,81 @@ def test_one_session_runs_only_the_network_its_mode_needs(sqlite_url: str, tmp_p
         batch = scorer.summarise(account, both)
         assert live.mode == batch.mode == mode
         assert live.score == pytest.approx(batch.score, abs=1e-5)
+    engine.dispose()
+
+
+def _two_sites_with_alice(sessions) -> tuple[dict[str, str], dict[str, int], dict[str, int]]:
+    """Sites a and b, each with its own account whose external id is "alice"."""
+    keys, site_ids, alice = {}, {}, {}
+    with sessions() as s, s.begin():
+        for name in ("a", "b"):
+            site = Site(key=f"tgk_{uuid.uuid4().hex[:8]}", name=name, secret_hash="x")
+            s.add(site)
+            s.flush()
+            acct = Account(site_id=site.id, external_id="alice")
+            s.add(acct)
+            s.flush()
+            keys[name], site_ids[name], alice[name] = site.key, site.id, acct.id
+    return keys, site_ids, alice
+
+
+def _owner(heads: dict[str, Head]) -> OwnerModel:
+    net = build(ModelConfig(width=0.0625, size=32, embed_dim=8, n_out=2)).eval()
+    return OwnerModel(net, PREP, heads)
+
+
+def _head(threshold: float) -> Head:
+    return Head(np.linspace(-1, 1, 8).astype(np.float32), 0.0, threshold=threshold)
+
+
+def test_the_same_external_id_on_two_sites_never_shares_a_head(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    engine = make_engine(sqlite_url)
+    sessions = make_sessionmaker(engine)
+    keys, site_ids, alice = _two_sites_with_alice(sessions)
+    # one site-qualified head: site a's alice is enrolled, site b's is not
+    model = _owner({store.account_key(keys["a"], "alice"): _head(1.0)})
+    with sessions() as s, s.begin():
+        store.register(s, store.save(tmp_path, model, "v1"), model, "v1")
+    scorer = MouseScorer(sessions, tmp_path)
+    assert scorer.for_account(alice["a"]).kind == "account"
+    assert scorer.for_account(alice["b"]).kind == "none"
+    assert scorer.mode_for(scorer.site_head_key(site_ids["b"], "alice")) == "not_enrolled"
+    assert scorer.mode_for(scorer.site_head_key(site_ids["a"], "alice")) == "owner"
+    # two heads: each account is judged by its own, with its own calibrated threshold
+    model = _owner(
+        {store.account_key(keys[n], "alice"): _head(t) for n, t in (("a", 1.0), ("b", 2.0))}
+    )
+    with sessions() as s, s.begin():
+        store.register(s, store.save(tmp_path, model, "v2"), model, "v2")
+        rows = s.scalars(select(ModelVersion).where(ModelVersion.active.is_(True))).all()
+        per_account = {r.account_id: r.threshold for r in rows if r.account_id is not None}
+    assert per_account == {alice["a"]: 1.0, alice["b"]: 2.0}
+    scorer.load()
+    ev, vp = events()
+    a, b = (scorer.for_account(alice[n]) for n in ("a", "b"))
+    assert a.kind == b.kind == "account" and a.account != b.account
+    assert scorer.assess(ev, vp, a.account).threshold == 1.0
+    assert scorer.assess(ev, vp, b.account).threshold == 2.0
+    engine.dispose()
+
+
+def test_bare_head_keys_are_bound_to_one_site_at_registration(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # a session file's user_ids are a site's external ids (trailguard sessions export)
+    engine = make_engine(sqlite_url)
+    sessions = make_sessionmaker(engine)
+    keys, _site_ids, alice = _two_sites_with_alice(sessions)
+    model = _owner({"alice": _head(1.0)})
+    with sessions() as s, s.begin():  # ambiguous: both sites have an "alice"
+        store.register(s, store.save(tmp_path, model, "v1"), model, "v1")
+    scorer = MouseScorer(sessions, tmp_path)
+    assert {scorer.for_account(alice[n]).kind for n in ("a", "b")} == {"none"}
+    with sessions() as s, s.begin():  # trailguard mouse train --register --site KEY
+        store.register(s, store.save(tmp_path, model, "v2"), model, "v2", site_key=keys["b"])
+    scorer.load()
+    assert scorer.for_account(alice["b"]).kind == "account"
+    assert scorer.for_account(alice["a"]).kind == "none"
     engine.dispose()

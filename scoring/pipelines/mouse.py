@@ -65,7 +65,10 @@ class MousePipeline(Pipeline):
 
     def summarise(self, item: MouseItem, outputs: torch.Tensor) -> dict[str, Any]:
         account = item.meta.get("account") or None
-        a = self._scorer().summarise(account, outputs)
+        scorer = self._scorer()
+        # heads are site-qualified: the same external id on two sites is two accounts
+        key = scorer.site_head_key(int(item.meta.get("site_id") or 0), account)
+        a = scorer.summarise(key, outputs)
         result = asdict(a)
         result["threshold"] = a.threshold if np.isfinite(a.threshold) else None
         result["untrained"] = a.mode == "untrained"

@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument(
         "--register", action="store_true", help="record it as the active model in the database"
     )
+    tr.add_argument(
+        "--site",
+        metavar="SITE_KEY",
+        help="with --register: the site whose external account ids the file's user_ids are "
+        "(user_ids written as SITE_KEY:EXTERNAL_ID need no --site)",
+    )
     _model_options(tr)
     tr.set_defaults(func=train)
     ev = msub.add_parser("evaluate", help="train on TRAIN, score TEST, write scores and metrics")
@@ -98,7 +104,7 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
         engine = make_engine(settings.database_url)
         try:
             with make_sessionmaker(engine)() as s:
-                row = store.register(s, path.resolve(), model, version)
+                row = store.register(s, path.resolve(), model, version, args.site)
                 s.commit()
                 print(f"registered model version {row.id} as active")
         finally:

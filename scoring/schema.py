@@ -207,11 +207,16 @@ class Alert(Base):
 
 
 class PumpCard(Base):
-    """One dynamometer card of a well: (position, load) points as given, in their own units."""
+    """One dynamometer card of a well: (position, load) points as given, in their own units.
+
+    A well belongs to a site: ``well_id`` is the site's own name for it, so two sites may both
+    have a well "A-12" and neither sees the other's (the site API looks wells up within the
+    authenticated site)."""
 
     __tablename__ = "pump_cards"
-    __table_args__ = (UniqueConstraint("well_id", "card_id"),)
+    __table_args__ = (UniqueConstraint("site_id", "well_id", "card_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
     well_id: Mapped[str] = mapped_column(String(200), default="")
     card_id: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(16), default="surface")

@@ -1,7 +1,11 @@
 """JSON API of the pump pipeline: submit cards (JSON or CSV upload), fetch diagnoses.
 
 Authentication: the site secret, ``Authorization: Bearer <site_key>.<site_secret>``
-(:func:`server.siteauth.authenticate_site`).
+(:func:`server.siteauth.authenticate_site`). Wells belong to the site that submitted their
+cards: a ``well_id`` is looked up *within* the authenticated site, so another site's well or
+card with the same id is neither readable nor writable, and answers 404 like one that does not
+exist (no existence leak), as the accounts API does. A site submitting to a well id another
+site uses gets a separate well of its own.
 
 - ``POST /api/pump/cards`` JSON: one card ``{"card_id", "well_id"?, "kind"?, "position",
   "load"}`` (or ``"points"``), or ``{"well_id"?, "kind"?, "cards": [card, ...]}``.
@@ -9,7 +13,8 @@ Authentication: the site secret, ``Authorization: Bearer <site_key>.<site_secret
   :mod:`scoring.pump.cards`, as the request body (``text/csv``) or a multipart ``file`` field.
 - ``GET /api/pump/cards/{card_pk}``: the card and its latest diagnosis (``status`` pending/done).
 - ``POST /api/pump/cards/{card_pk}/diagnose``: queue the card again.
-- ``GET /api/pump/wells/{well_id}/diagnoses``: every card of a well with its latest diagnosis.
+- ``GET /api/pump/wells/{well_id}/diagnoses``: every card of a well with its latest diagnosis
+  (404 when the site has no card in that well).
 
 A request is all or nothing: every card is validated and checked for an existing
 ``(well_id, card_id)`` before any is stored. Stored cards are queued after the commit, so a
@@ -84,13 +89,18 @@ class CardExists(InvalidInput):
     """A card with this (well_id, card_id) is already stored."""
 
 
-def store_cards(session: Session, cards: Sequence[Card], source: str) -> list[PumpCard]:
-    """Insert the cards (all or nothing); :class:`CardExists` when one is already stored."""
+def store_cards(
+    session: Session, cards: Sequence[Card], source: str, site_id: int
+) -> list[PumpCard]:
+    """Insert the cards into wells of site ``site_id`` (all or nothing); :class:`CardExists`
+    when one is already stored there."""
     _check_batch(cards)
     for card in cards:
         existing = session.scalars(
             select(PumpCard.id).where(
-                PumpCard.well_id == card.well_id, PumpCard.card_id == card.card_id
+                PumpCard.site_id == site_id,
+                PumpCard.well_id == card.well_id,
+                PumpCard.card_id == card.card_id,
             )
         ).first()
         if existing is not None:
@@ -100,6 +110,7 @@ def store_cards(session: Session, cards: Sequence[Card], source: str) -> list[Pu
             )
     rows = [
         PumpCard(
+            site_id=site_id,
             well_id=card.well_id,
             card_id=card.card_id,
             kind=card.kind,
@@ -120,11 +131,11 @@ def store_cards(session: Session, cards: Sequence[Card], source: str) -> list[Pu
 
 
 async def _submit(request: Request, cards: list[Card], source: str) -> JSONResponse:
-    svc = services(request)
+    svc, site = services(request), site_api.site_id(request)
 
     def insert() -> list[tuple[int, str, str]]:
         with svc.sessions() as session, session.begin():
-            rows = store_cards(session, cards, source)
+            rows = store_cards(session, cards, source, site)
             return [(r.id, r.well_id, r.card_id) for r in rows]
 
     stored = await run_in_threadpool(insert)
@@ -229,40 +240,49 @@ def _card_pk(request: Request) -> int:
     return int(raw)
 
 
+def site_card(session: Session, site_id: int, pk: int) -> PumpCard:
+    """Card ``pk`` if it belongs to the site; :class:`NotFound` otherwise, with the same words
+    whether it is another site's or missing."""
+    card = session.get(PumpCard, pk)
+    if card is None or card.site_id != site_id:
+        raise NotFound(f"no pump card {pk}")
+    return card
+
+
 async def _get_card(request: Request) -> Response:
-    svc, pk = services(request), _card_pk(request)
+    svc, pk, site = services(request), _card_pk(request), site_api.site_id(request)
 
     def load() -> dict[str, Any]:
         with svc.sessions() as session:
-            card = session.get(PumpCard, pk)
-            if card is None:
-                raise NotFound(f"no pump card {pk}")
-            return card_json(session, card)
+            return card_json(session, site_card(session, site, pk))
 
     return JSONResponse(await run_in_threadpool(load))
 
 
 async def _rediagnose(request: Request) -> Response:
-    svc, pk = services(request), _card_pk(request)
+    svc, pk, site = services(request), _card_pk(request), site_api.site_id(request)
 
-    def exists() -> bool:
+    def check() -> None:
         with svc.sessions() as session:
-            return session.get(PumpCard, pk) is not None
+            site_card(session, site, pk)
 
-    if not await run_in_threadpool(exists):
-        raise NotFound(f"no pump card {pk}")
+    await run_in_threadpool(check)
     job_id = await jobs.enqueue(svc.redis, "pump", {"card_pk": str(pk)})
     return JSONResponse({"card_pk": pk, "job_id": job_id}, status_code=202)
 
 
 async def _well(request: Request) -> Response:
-    svc, well = services(request), request.path_params["well_id"]
+    svc, well, site = services(request), request.path_params["well_id"], site_api.site_id(request)
 
     def load() -> list[dict[str, Any]]:
         with svc.sessions() as session:
             cards = session.scalars(
-                select(PumpCard).where(PumpCard.well_id == well).order_by(PumpCard.id)
+                select(PumpCard)
+                .where(PumpCard.site_id == site, PumpCard.well_id == well)
+                .order_by(PumpCard.id)
             ).all()
+            if not cards:
+                raise NotFound(f"no pump well {well!r}")
             return [card_json(session, c) for c in cards]
 
     return JSONResponse({"well_id": well, "cards": await run_in_threadpool(load)})

@@ -1,6 +1,8 @@
 """Review pages of the pump pipeline (analyst login required).
 
-- ``/pump``: wells with their cards, each with its latest diagnosis; ``?well=`` filters.
+- ``/pump``: wells with their cards, each with its latest diagnosis; ``?site=`` (site id) and
+  ``?well=`` filter. Analysts see every site's wells (the site API sees only its own); a well
+  id is a site's own name, so the table shows the owning site next to it.
 - ``/pump/cards/{card_pk}``: one card's image, predicted mode, confidence, probabilities.
 - ``/pump/cards/{card_pk}.png``: the card image (the renderer's output, enlarged).
 """
@@ -22,7 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from renderer.errors import InvalidCard
 from renderer.pump import render_card, to_png_array
-from scoring.schema import PumpCard, PumpDiagnosis
+from scoring.schema import PumpCard, PumpDiagnosis, Site
 from server.app import services
 from server.auth import require_analyst
 from server.pump_api import latest_diagnosis
@@ -36,6 +38,15 @@ IMAGE_SIZE = 160
 class CardRow:
     card: PumpCard
     diagnosis: PumpDiagnosis | None
+    site_name: str
+
+
+@dataclass(frozen=True)
+class WellRow:
+    site_id: int
+    site_name: str
+    well_id: str
+    n_cards: int
 
 
 def png_bytes(points: list[Any], size: int = IMAGE_SIZE) -> bytes:
@@ -47,29 +58,47 @@ def png_bytes(points: list[Any], size: int = IMAGE_SIZE) -> bytes:
     return buf.getvalue()
 
 
-def _rows(request: Request, well: str) -> tuple[list[CardRow], list[tuple[str, int]]]:
+def _rows(request: Request, site: int | None, well: str) -> tuple[list[CardRow], list[WellRow]]:
     svc = services(request)
     with svc.sessions() as session:
         wells = [
-            (w, int(n))
-            for w, n in session.execute(
-                select(PumpCard.well_id, func.count())
-                .group_by(PumpCard.well_id)
-                .order_by(PumpCard.well_id)
+            WellRow(site_id, name, w, int(n))
+            for site_id, name, w, n in session.execute(
+                select(PumpCard.site_id, Site.name, PumpCard.well_id, func.count())
+                .join(Site, Site.id == PumpCard.site_id)
+                .group_by(PumpCard.site_id, Site.name, PumpCard.well_id)
+                .order_by(Site.name, PumpCard.site_id, PumpCard.well_id)
             ).all()
         ]
-        query = select(PumpCard).order_by(PumpCard.well_id, PumpCard.card_id).limit(PAGE_SIZE)
+        query = (
+            select(PumpCard, Site.name)
+            .join(Site, Site.id == PumpCard.site_id)
+            .order_by(Site.name, PumpCard.well_id, PumpCard.card_id)
+            .limit(PAGE_SIZE)
+        )
+        if site is not None:
+            query = query.where(PumpCard.site_id == site)
         if well:
             query = query.where(PumpCard.well_id == well)
-        cards = session.scalars(query).all()
-        return [CardRow(c, latest_diagnosis(session, c.id)) for c in cards], wells
+        rows = [
+            CardRow(card, latest_diagnosis(session, card.id), name)
+            for card, name in session.execute(query).all()
+        ]
+        return rows, wells
+
+
+def _site_param(request: Request) -> int | None:
+    raw = request.query_params.get("site", "")
+    return int(raw) if raw.isdigit() else None
 
 
 async def pump_list(request: Request) -> Response:
     await require_analyst(request)
-    well = request.query_params.get("well", "")[:200]
-    rows, wells = await run_in_threadpool(_rows, request, well)
-    return render(request, "pump/list.html", {"rows": rows, "wells": wells, "well": well})
+    site, well = _site_param(request), request.query_params.get("well", "")[:200]
+    rows, wells = await run_in_threadpool(_rows, request, site, well)
+    return render(
+        request, "pump/list.html", {"rows": rows, "wells": wells, "site": site, "well": well}
+    )
 
 
 def _card_pk(request: Request) -> int:
@@ -84,7 +113,8 @@ def _load_card(request: Request, pk: int) -> CardRow:
         card = session.get(PumpCard, pk)
         if card is None:
             raise HTTPException(404, "no such card")
-        return CardRow(card, latest_diagnosis(session, pk))
+        site = session.get(Site, card.site_id)
+        return CardRow(card, latest_diagnosis(session, pk), site.name if site else "")
 
 
 async def pump_card(request: Request) -> Response:

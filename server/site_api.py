@@ -20,15 +20,20 @@ def error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
 
 
-async def authenticate(request: Request) -> None:
-    """Raise AccessDenied unless the request carries a valid site key and secret."""
+async def authenticate(request: Request) -> int:
+    """The id of the site whose valid key and secret the request carries; AccessDenied else."""
     svc = services(request)
 
-    def check() -> None:
+    def check() -> int:
         with svc.sessions() as session:
-            authenticate_site(request, session)
+            return authenticate_site(request, session).id
 
-    await run_in_threadpool(check)
+    return await run_in_threadpool(check)
+
+
+def site_id(request: Request) -> int:
+    """The authenticated site of a request that passed :func:`guarded`."""
+    return int(request.state.site_id)
 
 
 async def guarded(
@@ -38,7 +43,8 @@ async def guarded(
     401 access denied, 409 for ``conflicts``, 413 ``too_large``, 400 other invalid input,
     404 not found."""
     try:
-        await authenticate(request)
+        # handlers scope what they read and write to this site
+        request.state.site_id = await authenticate(request)
         return await handler(request)
     except AccessDenied as e:
         return error(401, "access_denied", str(e))

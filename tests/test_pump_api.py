@@ -216,3 +216,62 @@ def test_queue_outage_keeps_the_cards_and_says_so(
     assert body["error"] == "queue_unavailable"
     assert body["cards"][0]["job_id"] is None and body["cards"][0]["card_id"] == "kept"
     assert _count(app_settings) == 1
+
+
+def _other_site(settings: Settings) -> dict[str, str]:
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    with sessions() as session, session.begin():
+        new = create_site(session, "Another operator", [])
+        return {"Authorization": f"Bearer {new.site.key}.{new.secret}"}
+
+
+def test_a_site_sees_and_touches_only_its_own_wells(
+    client: TestClient, auth: dict[str, str], app_settings: Settings
+) -> None:
+    other = _other_site(app_settings)
+    mine = client.post(
+        "/api/pump/cards", json={"well_id": "W-7", "cards": [_card_json("a")]}, headers=auth
+    )
+    assert mine.status_code == 202, mine.text
+    pk = mine.json()["cards"][0]["card_pk"]
+    before = _jobs(app_settings.redis_url or "")
+
+    # another site: the well and the card look exactly like ones that do not exist
+    missing_card = client.get("/api/pump/cards/424242", headers=other)
+    for response in (
+        client.get("/api/pump/wells/W-7/diagnoses", headers=other),
+        client.get(f"/api/pump/cards/{pk}", headers=other),
+        client.post(f"/api/pump/cards/{pk}/diagnose", headers=other),
+    ):
+        assert response.status_code == 404 and response.json()["error"] == "not_found"
+    assert missing_card.json()["detail"] == "no pump card 424242"
+    assert client.get(f"/api/pump/cards/{pk}", headers=other).json()["detail"] == (
+        f"no pump card {pk}"
+    )
+    assert _jobs(app_settings.redis_url or "") == before  # nothing queued for it
+
+    # uploading to the same well id makes the other site a well of its own, even with the same
+    # card id; the first site's well is untouched
+    theirs = client.post(
+        "/api/pump/cards.csv?well_id=W-7&card_id=a",
+        content=_two_column_csv().encode(),
+        headers={**other, "Content-Type": "text/csv"},
+    )
+    assert theirs.status_code == 202, theirs.text
+    [their_pk] = [c["card_pk"] for c in theirs.json()["cards"]]
+    assert their_pk != pk
+    own = client.get("/api/pump/wells/W-7/diagnoses", headers=auth).json()
+    assert [c["card_pk"] for c in own["cards"]] == [pk]
+    listed = client.get("/api/pump/wells/W-7/diagnoses", headers=other).json()
+    assert [c["card_pk"] for c in listed["cards"]] == [their_pk]
+    assert client.get(f"/api/pump/cards/{their_pk}", headers=auth).status_code == 404
+    # within one site the (well, card) pair stays unique
+    again = client.post("/api/pump/cards", json={"well_id": "W-7", **_card_json("a")}, headers=auth)
+    assert again.status_code == 409
+
+
+def _two_column_csv() -> str:
+    t = np.linspace(0, 2 * np.pi, 90, endpoint=False)
+    return "position,load\n" + "\n".join(
+        f"{(1 - np.cos(a)) * 40:.3f},{5000 + 900 * np.sin(a):.1f}" for a in t
+    )

@@ -11,8 +11,9 @@ from sqlalchemy import select
 from scoring.database import make_engine, make_sessionmaker
 from scoring.pump.cards import parse_csv
 from scoring.pump.synth import MODES
-from scoring.schema import ModelVersion, PumpDiagnosis
+from scoring.schema import ModelVersion, PumpCard, PumpDiagnosis
 from server.cli import main
+from server.sites import create_site
 
 FIELD = Path(__file__).resolve().parents[2] / "shared/data/pump_field_cards/demo-dataset.csv"
 TINY_MACRO_F1 = 0.6
@@ -28,6 +29,12 @@ def env(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Pat
     monkeypatch.setenv("TRAILGUARD_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.delenv("TRAILGUARD_REDIS_URL", raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def site_key(sqlite_url: str) -> str:
+    with make_sessionmaker(make_engine(sqlite_url))() as session, session.begin():
+        return create_site(session, "Oilfield ops", []).site.key
 
 
 def _field() -> Path:
@@ -70,17 +77,25 @@ def test_garbage_csv_is_one_line_with_its_code(
 
 
 def test_import_now_and_images_of_the_field_cards(
-    env: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+    env: Path, sqlite_url: str, site_key: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     field = _field()
-    assert main(["pump", "import", str(field), "--well", "demo", "--now"]) == 0
+    imp = ["pump", "import", str(field), "--well", "demo", "--now", "--site", site_key]
+    assert main(imp) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 7 and all("untrained" in line for line in lines)
     rows = _diagnoses(sqlite_url)
     assert len(rows) == 7 and all(r.untrained for r in rows)
+    with make_sessionmaker(make_engine(sqlite_url))() as session:
+        owners = set(session.scalars(select(PumpCard.site_id)))
+    assert len(owners) == 1  # every card belongs to the site named on the command line
     # importing the same cards again is refused: nothing is duplicated
-    assert main(["pump", "import", str(field), "--well", "demo", "--now"]) == 2
+    assert main(imp) == 2
     assert "card_exists" in capsys.readouterr().err
+    # an unknown site key is one line, and stores nothing
+    assert main([*imp[:-1], "tg_nosuchsite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown_site" in err[0]
     assert main(["pump", "image", str(field), str(env / "img"), "--size", "96"]) == 0
     pngs = sorted((env / "img").glob("pump-*.png"))
     assert len(pngs) == 7 and all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
@@ -88,14 +103,16 @@ def test_import_now_and_images_of_the_field_cards(
     assert {p.name for p in (env / "r").glob("*.png")} == {p.name for p in pngs}
 
 
-def test_import_without_redis_or_now_refuses(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["pump", "import", str(_field())]) == 2
+def test_import_without_redis_or_now_refuses(
+    env: Path, site_key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["pump", "import", str(_field()), "--site", site_key]) == 2
     assert "TRAILGUARD_REDIS_URL" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_tiny_train_evaluate_classify(
-    env: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+    env: Path, sqlite_url: str, site_key: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["pump", "train", "--tiny", "--no-progress"]) == 0
     with make_sessionmaker(make_engine(sqlite_url))() as session:
@@ -124,7 +141,7 @@ def test_tiny_train_evaluate_classify(
         assert r["mode"] in MODES and r["confidence"] == max(r["probabilities"].values())
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
 
-    assert main(["pump", "import", str(field), "--well", "demo", "--now"]) == 0
+    assert main(["pump", "import", str(field), "--well", "demo", "--now", "--site", site_key]) == 0
     rows = _diagnoses(sqlite_url)
     assert len(rows) == 7 and not any(r.untrained for r in rows)
     assert {r.model_version_id for r in rows} == {row.id}

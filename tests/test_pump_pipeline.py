@@ -16,6 +16,7 @@ from scoring.pipelines.base import Context, Job
 from scoring.pipelines.pump import PumpPipeline
 from scoring.pump import synth
 from scoring.schema import PumpCard, PumpDiagnosis
+from server.sites import create_site
 
 
 def _context(database_url: str, redis_url: str, tmp_path: Path) -> Context:
@@ -28,10 +29,17 @@ def _context(database_url: str, redis_url: str, tmp_path: Path) -> Context:
     )
 
 
+def _site(ctx: Context) -> int:
+    with ctx.sessions() as session, session.begin():
+        return create_site(session, "Oilfield", []).site.id
+
+
 def _add_card(ctx: Context, mode: str = "fluid_pound", card_id: str = "c1") -> int:
     card = synth.synth_card(np.random.default_rng(7), mode, card_id=card_id)
+    site = _site(ctx)
     with ctx.sessions() as session, session.begin():
         row = PumpCard(
+            site_id=site,
             well_id="well-9",
             card_id=card.card_id,
             kind=card.kind,
@@ -86,8 +94,11 @@ def test_missing_or_broken_cards_are_permanent_failures(
     with pytest.raises(InvalidCard) as info:
         asyncio.run(pipeline.decode(Job(id="j", pipeline="pump", fields={"card_pk": "x"})))
     assert info.value.code == "bad_job"
+    site = _site(ctx)
     with ctx.sessions() as session, session.begin():
-        row = PumpCard(card_id="flat", n_points=40, points=[[i, 5.0] for i in range(40)])
+        row = PumpCard(
+            site_id=site, card_id="flat", n_points=40, points=[[i, 5.0] for i in range(40)]
+        )
         session.add(row)
         session.flush()
         pk = row.id

@@ -14,6 +14,7 @@ from scoring.pump import synth
 from scoring.schema import PumpCard, PumpDiagnosis
 from server.app import create_app
 from server.settings import Settings
+from server.sites import create_site
 
 
 @pytest.fixture
@@ -32,10 +33,16 @@ def client(app_settings: Settings) -> Iterator[TestClient]:
 def _add(settings: Settings) -> tuple[int, int]:
     rng = np.random.default_rng(2)
     with sessions_for(settings)() as session, session.begin():
+        east, west = (create_site(session, name, []).site for name in ("East field", "West"))
+        session.flush()
         pks = []
-        for well, card_id, mode in (("W-1", "c-<1>", "rod_part"), ("W-2", "c-2", "gas_lock")):
+        for site, well, card_id, mode in (
+            (east, "W-1", "c-<1>", "rod_part"),
+            (west, "W-2", "c-2", "gas_lock"),
+        ):
             card = synth.synth_card(rng, mode, card_id=card_id)
             row = PumpCard(
+                site_id=site.id,
                 well_id=well,
                 card_id=card_id,
                 n_points=card.n_points,
@@ -71,9 +78,16 @@ def test_list_card_and_image(client: TestClient, app_settings: Settings) -> None
     assert page.status_code == 200
     assert "c-&lt;1&gt;" in page.text and "<1>" not in page.text  # escaped
     assert "rod_part" in page.text and "91.4 %" in page.text and "pending" in page.text
+    assert "East field" in page.text and "West" in page.text  # analysts see every site
     assert 'href="/pump">Pump cards' in page.text  # the shared layout's navigation
     only = client.get("/pump?well=W-2")
     assert "c-2" in only.text and "c-&lt;1&gt;" not in only.text
+    with sessions_for(app_settings)() as session:
+        east = session.get(PumpCard, done)
+        assert east is not None
+        east_id = east.site_id
+    by_site = client.get(f"/pump?site={east_id}")
+    assert "c-&lt;1&gt;" in by_site.text and "c-2" not in by_site.text
 
     card = client.get(f"/pump/cards/{done}")
     assert card.status_code == 200

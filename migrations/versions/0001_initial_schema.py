@@ -2,14 +2,13 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 15:50:13.012948
+Create Date: 2026-11-29 18:34:37.782113
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -66,24 +65,6 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_job_failures")),
         sa.UniqueConstraint("job_id", name=op.f("uq_job_failures_job_id")),
-    )
-    op.create_table(
-        "pump_cards",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("well_id", sa.String(length=200), nullable=False),
-        sa.Column("card_id", sa.String(length=200), nullable=False),
-        sa.Column("kind", sa.String(length=16), nullable=False),
-        sa.Column("n_points", sa.Integer(), nullable=False),
-        sa.Column("points", sa.JSON(), nullable=False),
-        sa.Column("source", sa.String(length=32), nullable=False),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("(CURRENT_TIMESTAMP)"),
-            nullable=False,
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_pump_cards")),
-        sa.UniqueConstraint("well_id", "card_id", name=op.f("uq_pump_cards_well_id_card_id")),
     )
     op.create_table(
         "sites",
@@ -149,6 +130,33 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("policy_changes", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_policy_changes_site_id"), ["site_id"], unique=False)
+
+    op.create_table(
+        "pump_cards",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("site_id", sa.Integer(), nullable=False),
+        sa.Column("well_id", sa.String(length=200), nullable=False),
+        sa.Column("card_id", sa.String(length=200), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("n_points", sa.Integer(), nullable=False),
+        sa.Column("points", sa.JSON(), nullable=False),
+        sa.Column("source", sa.String(length=32), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["site_id"], ["sites.id"], name=op.f("fk_pump_cards_site_id_sites"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_pump_cards")),
+        sa.UniqueConstraint(
+            "site_id", "well_id", "card_id", name=op.f("uq_pump_cards_site_id_well_id_card_id")
+        ),
+    )
+    with op.batch_alter_table("pump_cards", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_pump_cards_site_id"), ["site_id"], unique=False)
 
     op.create_table(
         "decisions",
@@ -524,6 +532,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_decisions_site_id"))
 
     op.drop_table("decisions")
+    with op.batch_alter_table("pump_cards", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_pump_cards_site_id"))
+
+    op.drop_table("pump_cards")
     with op.batch_alter_table("policy_changes", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_policy_changes_site_id"))
 
@@ -533,7 +545,6 @@ def downgrade() -> None:
 
     op.drop_table("accounts")
     op.drop_table("sites")
-    op.drop_table("pump_cards")
     op.drop_table("job_failures")
     op.drop_table("audio_clips")
     op.drop_table("analysts")

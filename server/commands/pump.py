@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from renderer.errors import InvalidInput, ModelNotFound
+from renderer.errors import InvalidInput, ModelNotFound, NotFound
 from renderer.pump import render_card, to_png_array
 from scoring import jobs
 from scoring.database import make_engine, make_sessionmaker, ping
@@ -28,6 +28,7 @@ from scoring.pump.cards import Card, parse_csv, to_long_csv
 from scoring.pump.model import render_images
 from server.pump_api import store_cards
 from server.settings import Settings
+from server.sites import site_by_key
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     cl.set_defaults(func=classify)
     imp = psub.add_parser("import", help="store cards per well and diagnose them")
     imp.add_argument("cards", type=Path)
+    imp.add_argument(
+        "--site",
+        required=True,
+        metavar="KEY",
+        help="key of the site that owns the wells (trailguard site add prints it); only that"
+        " site's API sees the cards",
+    )
     imp.add_argument("--well", default="", help="well id (the long layout may carry its own)")
     imp.add_argument("--card-id", default="", help="card id of a two-column CSV")
     imp.add_argument("--kind", default="surface", choices=["surface", "downhole"])
@@ -224,8 +232,12 @@ def classify(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _store(session: Session, cards: list[Card]) -> list[tuple[int, str]]:
-    rows = store_cards(session, cards, "cli")
+def _store(session: Session, cards: list[Card], site_key: str) -> list[tuple[int, str]]:
+    try:
+        site = site_by_key(session, site_key)
+    except NotFound as e:
+        raise InvalidInput(str(e), "unknown_site") from e
+    rows = store_cards(session, cards, "cli", site.id)
     return [(r.id, r.card_id) for r in rows]
 
 
@@ -241,7 +253,7 @@ def import_cards(settings: Settings, args: argparse.Namespace) -> int:
     engine, sessions = _sessions(settings)
     try:
         with sessions() as session, session.begin():
-            stored = _store(session, cards)
+            stored = _store(session, cards, args.site)
         if args.now:
             _diagnose_here(settings, sessions, stored)
         else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import hashlib
 import re
 import threading
 import time
@@ -35,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -407,9 +409,12 @@ def record(
 
 
 class LiveScorer(Protocol):
-    """Scores one page session's events on demand: (risk in [0, 1], windows scored)."""
+    """Scores one page session's events on demand: (risk in [0, 1], windows scored, windows
+    rendered for this call - the rest were scored by an earlier decision and reused)."""
 
-    def score_events(self, events: np.ndarray, viewport: tuple[int, int]) -> tuple[float, int]: ...
+    def score_events(
+        self, events: np.ndarray, viewport: tuple[int, int]
+    ) -> tuple[float, int, int]: ...
 
 
 @dataclass(frozen=True)
@@ -469,17 +474,40 @@ class Answer:
         }
 
 
+_SNAPSHOT_LUA = """
+local meta = redis.call('HGETALL', KEYS[1])
+if #meta == 0 then return false end
+local parts = {}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
+  local f = entry[2]
+  for j = 1, #f, 2 do
+    if f[j] == 'e' then parts[#parts + 1] = f[j + 1] end
+  end
+end
+return {meta, table.concat(parts)}
+"""
+_SNAPSHOT_SHA = hashlib.sha1(_SNAPSHOT_LUA.encode()).hexdigest()
+
+
+async def _snapshot_raw(redis: aioredis.Redis, sid: str) -> Any:
+    keys_ = (keys.session_meta(sid), keys.session_samples(sid))
+    try:
+        return await redis.evalsha(_SNAPSHOT_SHA, 2, *keys_)
+    except NoScriptError:  # first use on this server, or it restarted
+        return await redis.eval(_SNAPSHOT_LUA, 2, *keys_)
+
+
 async def snapshot(redis: aioredis.Redis, sid: str) -> SessionData | None:
-    """Meta and every buffered event of a page session as of one instant (MULTI/EXEC), so the
-    samples scored are exactly those in Redis at that moment; None when it is gone."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hgetall(keys.session_meta(sid))
-        pipe.xrange(keys.session_samples(sid))
-        raw_meta, entries = await pipe.execute()
-    if not raw_meta:
+    """Meta and every buffered event of a page session as of one instant (one script, atomic
+    like MULTI/EXEC), so the samples scored are exactly those in Redis at that moment; None
+    when it is gone. The frames' packed events are joined inside Redis: one bulk reply to
+    parse instead of one reply per frame, which cost more than the scoring itself."""
+    raw = await _snapshot_raw(redis, sid)
+    if not raw:
         return None
-    meta = _decode(raw_meta)
-    events = unpack_events(b"".join(fields[b"e"] for _id, fields in entries))
+    flat, packed = raw
+    meta = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+    events = unpack_events(packed)
     viewport = (int(meta.get("viewport_w") or 0), int(meta.get("viewport_h") or 0))
     return SessionData(meta=meta, viewport=viewport, events=events)
 
@@ -495,19 +523,26 @@ async def gather(redis: aioredis.Redis, visit: Visit) -> dict[str, SessionData]:
     return pages
 
 
-def _score_page(scorer: LiveScorer, data: SessionData) -> tuple[float | None, int]:
+@dataclass(frozen=True)
+class PageScore:
+    score: float | None
+    windows: int
+    rendered: int = 0
+
+
+def _score_page(scorer: LiveScorer, data: SessionData) -> PageScore:
     try:
-        score, windows = scorer.score_events(data.events, data.viewport)
+        score, windows, rendered = scorer.score_events(data.events, data.viewport)
     except InvalidSession:  # nothing usable in this page (e.g. clicks only): no evidence
-        return None, 0
-    return float(score), int(windows)
+        return PageScore(None, 0)
+    return PageScore(float(score), int(windows), int(rendered))
 
 
 async def score_pages(
     ctx: DecisionContext, scorer: LiveScorer, pages: dict[str, SessionData]
-) -> dict[str, tuple[float | None, int]] | None:
-    """Per-page (score, windows), scored in a worker thread; None when too many decisions
-    already wait for a scoring slot (the caller answers ``overloaded``)."""
+) -> dict[str, PageScore] | None:
+    """Per-page scores, scored in a worker thread; None when too many decisions already
+    wait for a scoring slot (the caller answers ``overloaded``)."""
     if ctx.scoring_slots.locked() and ctx.waiting >= ctx.max_waiting:
         return None
     ctx.waiting += 1
@@ -525,6 +560,24 @@ async def score_pages(
         ctx.scoring_slots.release()
 
 
+@dataclass
+class Laps:
+    """Where a decision's time went, step by step (stored with it: the audit row says
+    whether a slow answer waited for the visit, the samples, the model or the scoring)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    last: float = 0.0
+    ms: dict[str, float] = field(default_factory=dict)
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.ms[step] = round((now - (self.last or self.started)) * 1000, 1)
+        self.last = now
+
+    def total_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 1)
+
+
 def _model_for(policy: Policy, choice: ModelChoice, has_account: bool) -> str:
     if choice.kind == "group" and has_account and policy.not_enrolled != "group":
         return "not_enrolled"
@@ -535,32 +588,38 @@ async def evaluate(
     ctx: DecisionContext, site: Site, req: DecisionRequest, now: dt.datetime | None = None
 ) -> Answer:
     """Decide ``req`` for ``site`` from the visit's samples so far, and record the decision."""
-    started = time.perf_counter()
+    laps = Laps()
     policy = parse_policy(site.policy)
     visit = await resolve_visit(ctx.redis, ctx.sessions, site, req, now)
+    laps.lap("visit")
     pages = await gather(ctx.redis, visit)
+    laps.lap("samples")
     samples = sum(len(p.events) for p in pages.values())
     account_id = visit.account.id if visit.account is not None else None
     has_account = visit.external_account is not None
     choice, model = ModelChoice("unscored"), "unscored"  # too little movement: no model needed
-    per_page: dict[str, tuple[float | None, int]] = {}
+    per_page: dict[str, PageScore] = {}
     if samples >= policy.min_samples:
         choice = await asyncio.to_thread(ctx.choose_model, account_id)
+        laps.lap("model")
         model = _model_for(policy, choice, has_account)
         if model in ("account", "group") and choice.scorer is not None:
             scored = await score_pages(ctx, choice.scorer, pages)
+            laps.lap("scoring")
             model = model if scored is not None else "overloaded"
             per_page = scored or {}
-    score, windows = aggregate(list(per_page.values()))
+    score, windows = aggregate([(p.score, p.windows) for p in per_page.values()])
     evidence = Evidence(samples, windows, score, model, choice.version, has_account)
     verdict = decide(policy, req.action, evidence)
     details = {
         "sessions": {sid: len(p.events) for sid, p in pages.items()},
-        "page_scores": {sid: s for sid, (s, _n) in per_page.items()},
+        "page_scores": {sid: p.score for sid, p in per_page.items()},
         "windows": windows,
+        "windows_rendered": sum(p.rendered for p in per_page.values()),
         "model": model,
         "thresholds": dataclasses.asdict(policy.for_action(req.action)),
-        "scoring_ms": round((time.perf_counter() - started) * 1000, 1),
+        "scoring_ms": laps.total_ms(),
+        "timing_ms": laps.ms,
     }
 
     def store() -> Recorded:

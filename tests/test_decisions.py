@@ -21,6 +21,7 @@ from scoring.decisions import (
     DecisionRequest,
     Evidence,
     ModelChoice,
+    PageScore,
     Verdict,
     Visit,
     aggregate,
@@ -300,9 +301,11 @@ class _GatedScorer:
     def __init__(self) -> None:
         self.gate = threading.Event()
 
-    def score_events(self, events: np.ndarray, viewport: tuple[int, int]) -> tuple[float, int]:
+    def score_events(
+        self, events: np.ndarray, viewport: tuple[int, int]
+    ) -> tuple[float, int, int]:
         self.gate.wait(10)
-        return 0.25, len(events) // 400
+        return 0.25, len(events) // 400, len(events) // 400
 
 
 def test_scoring_sheds_load_past_the_queue_bound(redis_url: str) -> None:
@@ -328,5 +331,5 @@ def test_scoring_sheds_load_past_the_queue_bound(redis_url: str) -> None:
         return out
 
     first, second, third, waiting, locked = asyncio.run(scenario())
-    assert first == second == {"p": (0.25, 2)}
+    assert first == second == {"p": PageScore(0.25, 2, 2)}
     assert third is None and waiting == 0 and not locked

@@ -13,6 +13,7 @@ in its docstring); every public renderer calls it, so any array either renders o
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 
@@ -125,15 +126,32 @@ def _viewport(viewport: tuple[float, float], xy: np.ndarray) -> tuple[float, flo
     return vw, vh
 
 
-def _drop_duplicates(ev: np.ndarray) -> np.ndarray:
-    """Drop exact repeats of the previous row, then of consecutive moves sharing one
-    timestamp keep the last (browsers coalesce; the last position is the current one)."""
-    if len(ev) < 2:
-        return ev
-    repeat = np.r_[False, np.all(ev[1:] == ev[:-1], axis=1)]
-    ev = ev[~repeat]
-    same_next = (ev[1:, 0] == ev[:-1, 0]) & (ev[1:, 3] == MOVE) & (ev[:-1, 3] == MOVE)
-    return ev[~np.r_[same_next, False]]
+def _drop_duplicates(cols: np.ndarray) -> np.ndarray:
+    """Of the (4, N) columns, drop exact repeats of the previous row, then of consecutive
+    moves sharing one timestamp keep the last (browsers coalesce; the last position is the
+    current one)."""
+    if cols.shape[1] < 2:
+        return cols
+    t, x, y, c = cols
+    repeat = t[1:] == t[:-1]
+    repeat &= x[1:] == x[:-1]
+    repeat &= y[1:] == y[:-1]
+    repeat &= c[1:] == c[:-1]
+    if repeat.any():
+        cols = np.compress(~np.r_[False, repeat], cols, axis=1)
+        t, c = cols[0], cols[3]
+    move = c == MOVE
+    same_next = t[1:] == t[:-1]
+    same_next &= move[1:]
+    same_next &= move[:-1]
+    if same_next.any():
+        cols = np.compress(~np.r_[same_next, False], cols, axis=1)
+    return cols
+
+
+def _keep(cols: np.ndarray, drop: np.ndarray) -> np.ndarray:
+    """The (4, N) columns without the rows in ``drop``."""
+    return np.compress(~drop, cols, axis=1) if drop.any() else cols
 
 
 def sanitize(events: object, viewport: tuple[float, float]) -> Cleaned:
@@ -151,32 +169,44 @@ def sanitize(events: object, viewport: tuple[float, float]) -> Cleaned:
        is kept;
     8. nothing left: ``InvalidSession("empty_session")``. One point is a valid session.
     """
-    ev = _as_events(events)
-    dropped: dict[str, int] = {}
-    finite = np.all(np.isfinite(ev), axis=1)
-    codes_ok = (ev[:, 3] >= 0) & (ev[:, 3] < N_CODES) & (ev[:, 3] == np.round(ev[:, 3]))
-    ok = finite & codes_ok
-    dropped["non_finite"] = int((~finite).sum())
-    dropped["bad_code"] = int((finite & ~codes_ok).sum())
-    ev = ev[ok]
-    garbage = np.any(np.abs(ev[:, 1:3]) >= GARBAGE_COORD, axis=1)
-    dropped["garbage_coord"] = int(garbage.sum())
-    ev = ev[~garbage]
-    vw, vh = _viewport(viewport, ev[:, 1:3])
+    # the rules read whole columns: one transposed copy makes every column contiguous
+    # (about 1.5× faster than testing the strided columns of the (N, 4) array), and it is
+    # the copy that the clamping writes into
+    cols = _as_events(events).T.copy()
+    t, x, y, c = cols
+    finite = np.isfinite(t)
+    finite &= np.isfinite(x)
+    finite &= np.isfinite(y)
+    finite &= np.isfinite(c)
+    ok = c >= 0
+    ok &= c < N_CODES
+    ok &= c == np.round(c)
+    ok &= finite
+    dropped = {"non_finite": len(finite) - int(np.count_nonzero(finite))}
+    dropped["bad_code"] = int(np.count_nonzero(finite)) - int(np.count_nonzero(ok))
+    cols = _keep(cols, ~ok)
+    garbage = np.abs(cols[1]) >= GARBAGE_COORD
+    garbage |= np.abs(cols[2]) >= GARBAGE_COORD
+    dropped["garbage_coord"] = int(np.count_nonzero(garbage))
+    cols = _keep(cols, garbage)
+    vw, vh = _viewport(viewport, cols[1:3].T)
     mx, my = OFFSCREEN_MARGIN * vw, OFFSCREEN_MARGIN * vh
-    far = (ev[:, 1] < -mx) | (ev[:, 1] > vw + mx) | (ev[:, 2] < -my) | (ev[:, 2] > vh + my)
-    dropped["far_offscreen"] = int(far.sum())
-    ev = ev[~far]
-    ev[:, 1] = np.clip(ev[:, 1], 0.0, vw)
-    ev[:, 2] = np.clip(ev[:, 2], 0.0, vh)
-    if not np.all(ev[1:, 0] >= ev[:-1, 0]):
-        ev = ev[np.argsort(ev[:, 0], kind="stable")]
-    before = len(ev)
-    ev = _drop_duplicates(ev)
-    dropped["duplicate_time"] = before - len(ev)
-    if len(ev) == 0:
+    x, y = cols[1], cols[2]
+    far = (x < -mx) | (x > vw + mx)
+    far |= (y < -my) | (y > vh + my)
+    dropped["far_offscreen"] = int(np.count_nonzero(far))
+    cols = _keep(cols, far)
+    np.clip(cols[1], 0.0, vw, out=cols[1])
+    np.clip(cols[2], 0.0, vh, out=cols[2])
+    t = cols[0]
+    if not np.all(t[1:] >= t[:-1]):
+        cols = cols[:, np.argsort(t, kind="stable")]
+    before = cols.shape[1]
+    cols = _drop_duplicates(cols)
+    dropped["duplicate_time"] = before - cols.shape[1]
+    if cols.shape[1] == 0:
         raise InvalidSession("no usable events in the session", "empty_session")
-    return Cleaned(np.ascontiguousarray(ev), (vw, vh), dropped)
+    return Cleaned(np.ascontiguousarray(cols.T), (vw, vh), dropped)
 
 
 @dataclass(frozen=True)
@@ -333,21 +363,9 @@ def stamp_discs(
 ) -> np.ndarray:
     """Anti-aliased filled discs (or rings of width ``ring``) of per-disc ``values`` summed."""
     h, w = size
-    reach = int(np.ceil(radius + 1.5))
-    off = np.arange(-reach, reach + 1)
-    grid_x, grid_y = np.meshgrid(off, off)
-    ox, oy = grid_x.ravel(), grid_y.ravel()
-    cols = np.floor(cx)[:, None].astype(np.int64) + ox[None, :]
-    rows = np.floor(cy)[:, None].astype(np.int64) + oy[None, :]
-    dist = np.hypot(cols + 0.5 - cx[:, None], rows + 0.5 - cy[:, None])
-    if ring is None:
-        cover = np.clip(radius + 0.5 - dist, 0.0, 1.0)
-    else:
-        cover = np.clip(ring / 2 + 0.5 - np.abs(dist - radius), 0.0, 1.0)
+    flat, cover = _disc_taps(cx, cy, radius, size, ring)
     wt = cover * values[:, None]
-    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w) & (cover > 0)
-    flat = (rows * w + cols)[inside]
-    return np.bincount(flat, weights=wt[inside], minlength=h * w).reshape(h, w)
+    return np.bincount(flat.ravel(), weights=wt.ravel(), minlength=h * w).reshape(h, w)
 
 
 def _segments(
@@ -374,15 +392,6 @@ def _press_durations(ev: np.ndarray, down: int, up: int) -> tuple[np.ndarray, np
     return downs, dur
 
 
-def _composite(image: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
-    """Blend ``colour`` over the flat (H·W, 3) ``image`` in place, only where alpha > 0."""
-    flat = alpha.ravel()
-    nz = np.flatnonzero(flat > 0)
-    a = np.minimum(flat[nz], 1.0).astype(np.float32)[:, None]
-    col = colour[nz] if colour.ndim == 2 else colour
-    image[nz] = image[nz] * (1 - a) + col * a
-
-
 def _colormap(level: np.ndarray) -> np.ndarray:
     """Levels in [0, 1] to RGB on the plasma table, linearly interpolated."""
     pos = level * (len(PLASMA) - 1)
@@ -390,6 +399,24 @@ def _colormap(level: np.ndarray) -> np.ndarray:
     frac = (pos - lo).astype(np.float32)[:, None]
     out: np.ndarray = PLASMA[lo] * (1 - frac) + PLASMA[lo + 1] * frac
     return out
+
+
+TRAIL_LEVELS = 256
+"""The trail's pixels are looked up in a table of 256 speed levels × 256 opacities (an 8-bit
+image cannot show finer steps: each step moves a channel by less than one 8-bit level)."""
+
+
+def _trail_table() -> np.ndarray:
+    """Pixel colour (as one 3-byte item) for each (opacity, speed level) pair:
+    ``BACKGROUND·(1 - α) + plasma(level)·α``, rounded."""
+    alpha = np.linspace(0.0, 1.0, TRAIL_LEVELS)[:, None, None]
+    colour = _colormap(np.linspace(0.0, 1.0, TRAIL_LEVELS))[None, :, :]
+    rgb = np.rint(BACKGROUND * (1 - alpha) + colour * alpha).astype(np.uint8)
+    return rgb.reshape(-1, 3).view("V3").ravel()
+
+
+_TRAIL_TABLE = _trail_table()
+# 3-byte items: moving whole pixels as one item is several times faster than (n, 3) rows
 
 
 def render_trail(
@@ -405,31 +432,239 @@ def render_trail(
 def draw_trail(
     clean: Cleaned, size: tuple[int, int] = (224, 224), line_gain: float = 1.6
 ) -> np.ndarray:
-    """:func:`render_trail` of an already sanitised session."""
+    """:func:`render_trail` of an already sanitised session.
+
+    The trail is sampled once per pixel of path length and splatted bilinearly (coverage and
+    coverage-weighted speed level, two ``np.bincount``); only the touched pixels are
+    coloured and blended, then the click rings are blended over them.
+    """
     h, w = _check_size(size)
     cmap = mapping(clean.viewport, (h, w))
-    x0, y0, x1, y1, kin, drawn = _segments(clean, cmap)
-    x0, y0 = x0[:-1][drawn], y0[:-1][drawn]
-    x1, y1 = x1[drawn], y1[drawn]
-    level = speed_level(kin.speed[drawn])[:, None]
-    cov, sums = splat_segments(x0, y0, x1, y1, level, (h, w))
-    image = np.empty((h * w, 3), dtype=np.float32)
-    image[:] = BACKGROUND
-    flat_cov = cov.ravel()
-    nz = np.flatnonzero(flat_cov > 0)
-    colour = np.zeros((h * w, 3), dtype=np.float32)
-    colour[nz] = _colormap(sums[0].ravel()[nz] / flat_cov[nz])
-    _composite(image, flat_cov * line_gain, colour)
+    ev = clean.events
+    cov, level_sum = _splat_path(ev, cmap, (h, w))
+    image = _blank(h, w).copy()
+    nz = np.flatnonzero(cov > 0)  # 5× faster than flatnonzero(cov) on floats
+    ink = cov.take(nz)
+    level = level_sum.take(nz)
+    level /= ink  # the mean of level·top + ½: truncation rounds it
+    code = level.astype(np.intp)
+    top = TRAIL_LEVELS - 1
+    np.minimum(code, top, out=code)
+    ink *= line_gain * top
+    np.minimum(ink, top, out=ink)
+    ink += 0.5
+    code += ink.astype(np.intp) * TRAIL_LEVELS
+    image.view("V3").ravel()[nz] = _TRAIL_TABLE.take(code)
+    _blend_clicks(image, ev, cmap, (h, w))
+    return image.reshape(h, w, 3)
+
+
+@functools.lru_cache(maxsize=4)
+def _blank(h: int, w: int) -> np.ndarray:
+    blank = np.empty((h * w, 3), dtype=np.uint8)
+    blank[:] = BACKGROUND
+    blank.flags.writeable = False
+    return blank
+
+
+def _splat_path(ev: np.ndarray, cmap: Mapping, size: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """Flat coverage and coverage-weighted ``level·(TRAIL_LEVELS-1) + ½`` (H·W,) of the trail.
+
+    Samples lie every pixel of *path* length (not one set per segment): about half of a
+    mouse's segments are shorter than an output pixel. Each sample stands for one pixel of
+    line, spread over its four nearest pixels (bilinear), so the ink per pixel of length does
+    not depend on the slope. Written with in-place ufuncs on 1-D columns: at ~10,000 points
+    the temporaries, not the arithmetic, are the cost.
+    """
+    h, w = size
+    px, py, length, level = _trail_segments(ev, cmap, size)
+    u, v, seg = _path_samples(px, py, length)
+    if len(seg) == 0:  # nothing drawn (np.bincount would answer in integers)
+        return np.zeros(h * w), np.zeros(h * w)
+    idx, wt = _bilinear_taps(u, v, w)
+    cov = np.bincount(idx.ravel(), weights=wt.ravel(), minlength=h * w)
+    wt *= level.take(seg)
+    return cov, np.bincount(idx.ravel(), weights=wt.ravel(), minlength=h * w)
+
+
+_LOG_SPEED = np.log(SPEED_RANGE)
+
+
+def _trail_segments(
+    ev: np.ndarray, cmap: Mapping, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Image positions minus ½ (pixel-centre origin, clamped so all four taps are inside),
+    drawn image length (0 across a gap) and ``speed_level·(TRAIL_LEVELS-1) + ½`` per segment."""
+    h, w = size
+    t, x, y = ev[:, 0], ev[:, 1], ev[:, 2]
+    dx, dy, dt = x[1:] - x[:-1], y[1:] - y[:-1], t[1:] - t[:-1]
+    dist = dx * dx
+    dist += dy * dy
+    np.sqrt(dist, out=dist)
+    speed = np.maximum(dt, MIN_DT_MS)
+    np.divide(dist, speed, out=speed)
+    np.maximum(speed, 1e-9, out=speed)
+    level = np.log(speed, out=speed)  # speed_level, scaled for the table, in place
+    top = TRAIL_LEVELS - 1
+    level -= _LOG_SPEED[0]
+    level *= top / (_LOG_SPEED[1] - _LOG_SPEED[0])
+    np.clip(level, 0.0, top, out=level)
+    level += 0.5
+    length = dist
+    length *= cmap.scale
+    length[dt > GAP_MS] = 0.0  # a gap is skipped, not drawn
+    px, py = x * cmap.scale, y * cmap.scale
+    px += cmap.ox - 0.5
+    py += cmap.oy - 0.5
+    np.clip(px, 0.0, w - 1.001, out=px)  # a no-op for sanitised points (2-px margin)
+    np.clip(py, 0.0, h - 1.001, out=py)
+    return px, py, length, level
+
+
+def _path_samples(
+    px: np.ndarray, py: np.ndarray, length: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions at arc lengths ½, 1½, 2½ … along the polyline and the segment of each."""
+    cum = np.empty(len(px))
+    cum[0] = 0.0
+    np.cumsum(length, out=cum[1:])
+    first = (cum + 0.5).astype(np.intp)  # samples before each vertex
+    seg = np.repeat(np.arange(len(length)), first[1:] - first[:-1])
+    inv = 1.0 / np.maximum(length, 1e-12)  # segments of length 0 hold no sample
+    # the sample at arc length s on segment i is p_i + (s - cum_i)·d_i = (p_i - cum_i·d_i) + s·d_i
+    s = np.arange(0.5, len(seg), 1.0)
+    out = []
+    for p in (px, py):
+        d = p[1:] - p[:-1]
+        d *= inv
+        origin = cum[:-1] * d
+        np.subtract(p[:-1], origin, out=origin)
+        q = d.take(seg)
+        q *= s
+        q += origin.take(seg)
+        out.append(q)
+    return out[0], out[1], seg
+
+
+def _bilinear_taps(u: np.ndarray, v: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices and weights (4, S) of the bilinear taps of points (u, v) given relative
+    to pixel centres (the caller keeps all taps inside the image). ``u``, ``v`` are consumed."""
+    fu, fv = np.floor(u), np.floor(v)
+    u -= fu
+    v -= fv
+    fv *= w
+    fv += fu
+    idx = np.empty((4, len(u)), dtype=np.intp)
+    idx[0] = fv
+    np.add(idx[0], 1, out=idx[1])
+    np.add(idx[0], w, out=idx[2])
+    np.add(idx[0], w + 1, out=idx[3])
+    wt = np.empty((4, len(u)))
+    np.multiply(u, v, out=wt[3])
+    np.subtract(u, wt[3], out=wt[1])
+    np.subtract(v, wt[3], out=wt[2])
+    np.subtract(1.0, u, out=wt[0])
+    wt[0] -= wt[2]
+    return idx, wt
+
+
+CLICK_SUBPIXEL = 8
+"""Click rings are stamped from kernels precomputed at 1/8-pixel centre offsets."""
+
+
+def _blend_clicks(image: np.ndarray, ev: np.ndarray, cmap: Mapping, size: tuple[int, int]) -> None:
+    """Anti-aliased rings over the flat uint8 (H·W, 3) ``image``: left clicks, then right
+    (overlapping rings of one colour add up their coverage, clipped at 1)."""
+    h, w = size
+    code = ev[:, 3]
+    is_click = code == LEFT_DOWN
+    is_click |= code == RIGHT_DOWN
+    rows = np.flatnonzero(is_click)
+    if len(rows) == 0:
+        return
     radius = max(2.0, 3.5 * min(h, w) / 224)
     ring = max(1.0, 1.5 * min(h, w) / 224)
-    ev = clean.events
-    for code, rgb in ((LEFT_DOWN, LEFT_COLOUR), (RIGHT_DOWN, RIGHT_COLOUR)):
-        rows = ev[ev[:, 3] == code]
-        if len(rows):
-            cx, cy = cmap.apply(rows[:, 1:3])
-            alpha = stamp_discs(cx, cy, np.ones(len(rows)), radius, (h, w), ring=ring)
-            _composite(image, alpha, rgb)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8).reshape(h, w, 3)
+    taps, cover = _ring_taps(ev[rows, 1:3], cmap, radius, ring, size)
+    # both colours' coverage summed per pixel in one dense pass (2·H·W); every tap then reads
+    # its pixel's totals, so repeated pixels all write the same value and no de-duplication
+    # (a sort) is needed
+    right = (code.take(rows) == RIGHT_DOWN)[:, None] * (h * w)
+    alpha = np.bincount((taps + right).ravel(), weights=cover.ravel(), minlength=2 * h * w)
+    np.minimum(alpha, 1.0, out=alpha)
+    taps = taps.ravel()
+    flat = image.view("V3").ravel()
+    pixels = flat.take(taps).view(np.uint8).reshape(-1, 3)
+    rgb = np.array(pixels.T, dtype=np.float64)  # planes: (3, n) keeps the loops long
+    for a, colour in ((alpha.take(taps), LEFT_COLOUR), (alpha[h * w :].take(taps), RIGHT_COLOUR)):
+        for c in range(3):
+            rgb[c] += a * (colour[c] - rgb[c])
+    rgb += 0.5
+    pixels = np.empty((len(taps), 3), dtype=np.uint8)
+    pixels[:] = rgb.T
+    flat[taps] = pixels.view("V3").ravel()
+
+
+def _ring_taps(
+    xy: np.ndarray, cmap: Mapping, radius: float, ring: float, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat pixel indices and coverage (M, K) of the rings around M viewport points, from the
+    precomputed kernels; taps outside the image point at pixel 0 with coverage 0."""
+    h, w = size
+    ox, oy, kernels = _ring_kernels(radius, ring)
+    cx, cy = cmap.apply(xy)
+    ix, iy = np.floor(cx), np.floor(cy)
+    phase = ((cx - ix) * CLICK_SUBPIXEL).astype(np.intp) * CLICK_SUBPIXEL
+    phase += ((cy - iy) * CLICK_SUBPIXEL).astype(np.intp)
+    cover = kernels[np.minimum(phase, len(kernels) - 1)]
+    cols = ix.astype(np.intp)[:, None] + ox
+    rows = iy.astype(np.intp)[:, None] + oy
+    taps = rows * w + cols
+    if cols.min() < 0 or rows.min() < 0 or cols.max() >= w or rows.max() >= h:
+        inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        taps, cover = np.where(inside, taps, 0), np.where(inside, cover, 0.0)
+    return taps, cover
+
+
+@functools.lru_cache(maxsize=8)
+def _ring_kernels(radius: float, ring: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel offsets (K,) from the centre's pixel and ring coverage (S², K) for centres at
+    each of S×S sub-pixel positions; offsets no ring position touches are left out."""
+    sub = (np.arange(CLICK_SUBPIXEL) + 0.5) / CLICK_SUBPIXEL
+    fx, fy = np.repeat(sub, CLICK_SUBPIXEL), np.tile(sub, CLICK_SUBPIXEL)
+    flat, cover = _disc_taps(fx + 64, fy + 64, radius, (128, 128), ring)
+    used = (cover > 0).any(axis=0)
+    ox, oy = flat[0, used] % 128 - 64, flat[0, used] // 128 - 64
+    return ox, oy, cover[:, used]
+
+
+@functools.lru_cache(maxsize=8)
+def _disc_offsets(reach: int) -> tuple[np.ndarray, np.ndarray]:
+    off = np.arange(-reach, reach + 1)
+    grid_x, grid_y = np.meshgrid(off, off)
+    return grid_x.ravel(), grid_y.ravel()
+
+
+def _disc_taps(
+    cx: np.ndarray,
+    cy: np.ndarray,
+    radius: float,
+    size: tuple[int, int],
+    ring: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat pixel indices and coverage (M, K) of anti-aliased discs (or rings of width
+    ``ring``) around M centres; taps outside the image get index 0 and coverage 0."""
+    h, w = size
+    ox, oy = _disc_offsets(int(np.ceil(radius + 1.5)))
+    cols = np.floor(cx).astype(np.intp)[:, None] + ox
+    rows = np.floor(cy).astype(np.intp)[:, None] + oy
+    ddx, ddy = cols + (0.5 - cx[:, None]), rows + (0.5 - cy[:, None])
+    dist = np.sqrt(ddx * ddx + ddy * ddy)
+    if ring is None:
+        cover = np.clip(radius + 0.5 - dist, 0.0, 1.0)
+    else:
+        cover = np.clip(ring / 2 + 0.5 - np.abs(dist - radius), 0.0, 1.0)
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    return np.where(inside, rows * w + cols, 0), np.where(inside, cover, 0.0)
 
 
 def render_channels(

@@ -230,7 +230,8 @@ class MouseScorer:
             for i, row in zip(todo, fresh, strict=True):
                 self.window_cache.put(mode, digests[i], row)
                 rows[i] = row
-        return torch.from_numpy(np.stack(rows)), len(todo)
+        filled = [row for row in rows if row is not None]  # all of them by now
+        return torch.from_numpy(np.stack(filled)), len(todo)
 
     def score_live(
         self, events: np.ndarray, viewport: tuple[float, float], account: str | None = None

@@ -130,7 +130,8 @@ def _drop_duplicates(cols: np.ndarray) -> np.ndarray:
     """Of the (4, N) columns, drop exact repeats of the previous row, then of consecutive
     moves sharing one timestamp keep the last (browsers coalesce; the last position is the
     current one)."""
-    if cols.shape[1] < 2:
+    t = cols[0]
+    if not (t[1:] == t[:-1]).any():  # both rules need two rows with one timestamp
         return cols
     t, x, y, c = cols
     repeat = t[1:] == t[:-1]
@@ -173,6 +174,44 @@ def sanitize(events: object, viewport: tuple[float, float]) -> Cleaned:
     # (about 1.5× faster than testing the strided columns of the (N, 4) array), and it is
     # the copy that the clamping writes into
     cols = _as_events(events).T.copy()
+    if _all_rows_usable(cols, viewport):  # the usual case, in a few whole-array reductions
+        vw, vh = float(viewport[0]), float(viewport[1])
+        dropped = dict.fromkeys(("non_finite", "bad_code", "garbage_coord", "far_offscreen"), 0)
+    else:
+        cols, (vw, vh), dropped = _drop_unusable_rows(cols, viewport)
+    np.clip(cols[1], 0.0, vw, out=cols[1])
+    np.clip(cols[2], 0.0, vh, out=cols[2])
+    t = cols[0]
+    if not np.all(t[1:] >= t[:-1]):
+        cols = cols[:, np.argsort(t, kind="stable")]
+    before = cols.shape[1]
+    cols = _drop_duplicates(cols)
+    dropped["duplicate_time"] = before - cols.shape[1]
+    if cols.shape[1] == 0:
+        raise InvalidSession("no usable events in the session", "empty_session")
+    return Cleaned(np.ascontiguousarray(cols.T), (vw, vh), dropped)
+
+
+def _all_rows_usable(cols: np.ndarray, viewport: tuple[float, float]) -> bool:
+    """True when rules 2–5 would drop nothing and keep ``viewport`` (min/max are NaN when
+    any value is, which fails the finiteness test)."""
+    vw, vh = float(viewport[0]), float(viewport[1])
+    if cols.shape[1] == 0 or not (np.isfinite(vw) and np.isfinite(vh) and vw >= 1 and vh >= 1):
+        return False
+    lo, hi = cols.min(axis=1), cols.max(axis=1)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and lo[3] >= 0 and hi[3] < N_CODES):
+        return False
+    mx, my = OFFSCREEN_MARGIN * vw, OFFSCREEN_MARGIN * vh
+    inside = -mx <= lo[1] and hi[1] <= vw + mx and -my <= lo[2] and hi[2] <= vh + my
+    no_sentinel = max(-lo[1], hi[1], -lo[2], hi[2]) < GARBAGE_COORD
+    c = cols[3]
+    return bool(inside and no_sentinel and (c == np.round(c)).all())
+
+
+def _drop_unusable_rows(
+    cols: np.ndarray, viewport: tuple[float, float]
+) -> tuple[np.ndarray, tuple[float, float], dict[str, int]]:
+    """Rules 2–5 row by row: the kept (4, N) columns, the viewport and the drop counts."""
     t, x, y, c = cols
     finite = np.isfinite(t)
     finite &= np.isfinite(x)
@@ -195,18 +234,7 @@ def sanitize(events: object, viewport: tuple[float, float]) -> Cleaned:
     far = (x < -mx) | (x > vw + mx)
     far |= (y < -my) | (y > vh + my)
     dropped["far_offscreen"] = int(np.count_nonzero(far))
-    cols = _keep(cols, far)
-    np.clip(cols[1], 0.0, vw, out=cols[1])
-    np.clip(cols[2], 0.0, vh, out=cols[2])
-    t = cols[0]
-    if not np.all(t[1:] >= t[:-1]):
-        cols = cols[:, np.argsort(t, kind="stable")]
-    before = cols.shape[1]
-    cols = _drop_duplicates(cols)
-    dropped["duplicate_time"] = before - cols.shape[1]
-    if cols.shape[1] == 0:
-        raise InvalidSession("no usable events in the session", "empty_session")
-    return Cleaned(np.ascontiguousarray(cols.T), (vw, vh), dropped)
+    return _keep(cols, far), (vw, vh), dropped
 
 
 @dataclass(frozen=True)
@@ -441,13 +469,9 @@ def draw_trail(
     h, w = _check_size(size)
     cmap = mapping(clean.viewport, (h, w))
     ev = clean.events
-    cov, level_sum = _splat_path(ev, cmap, (h, w))
+    nz, ink, level = _splat_path(ev, cmap, (h, w))
     image = _blank(h, w).copy()
-    nz = np.flatnonzero(cov > 0)  # 5× faster than flatnonzero(cov) on floats
-    ink = cov.take(nz)
-    level = level_sum.take(nz)
-    level /= ink  # the mean of level·top + ½: truncation rounds it
-    code = level.astype(np.intp)
+    code = level.astype(np.intp)  # level·top + ½: truncation rounds it
     top = TRAIL_LEVELS - 1
     np.minimum(code, top, out=code)
     ink *= line_gain * top
@@ -467,8 +491,21 @@ def _blank(h: int, w: int) -> np.ndarray:
     return blank
 
 
-def _splat_path(ev: np.ndarray, cmap: Mapping, size: tuple[int, int]) -> tuple[np.ndarray, ...]:
-    """Flat coverage and coverage-weighted ``level·(TRAIL_LEVELS-1) + ½`` (H·W,) of the trail.
+TAP_STEPS = 32
+"""Sample positions are rounded to 1/32 px inside their pixel, so the bilinear tap weights
+are integers (a sample's four add up to 32² = 1024)."""
+_PACK = 2.0**40
+"""Coverage and level sums share one ``np.bincount``: each tap adds ``weight·(2⁴⁰ + level)``,
+so a pixel's sum is ``2⁴⁰·Σweight + Σweight·level``, and the level part (< 256·Σweight) stays
+below 2⁴⁰ and exact to 2⁻¹² of itself while fewer than ``_PACK_MAX_SAMPLES`` are drawn."""
+_PACK_MAX_SAMPLES = int(_PACK / (TAP_STEPS**2 * TRAIL_LEVELS))
+
+
+def _splat_path(
+    ev: np.ndarray, cmap: Mapping, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The trail's touched pixels (flat indices), their coverage and their coverage-weighted
+    mean ``level·(TRAIL_LEVELS-1) + ½``.
 
     Samples lie every pixel of *path* length (not one set per segment): about half of a
     mouse's segments are shorter than an output pixel. Each sample stands for one pixel of
@@ -476,15 +513,34 @@ def _splat_path(ev: np.ndarray, cmap: Mapping, size: tuple[int, int]) -> tuple[n
     not depend on the slope. Written with in-place ufuncs on 1-D columns: at ~10,000 points
     the temporaries, not the arithmetic, are the cost.
     """
-    h, w = size
-    px, py, length, level = _trail_segments(ev, cmap, size)
-    u, v, seg = _path_samples(px, py, length)
-    if len(seg) == 0:  # nothing drawn (np.bincount would answer in integers)
-        return np.zeros(h * w), np.zeros(h * w)
-    idx, wt = _bilinear_taps(u, v, w)
-    cov = np.bincount(idx.ravel(), weights=wt.ravel(), minlength=h * w)
-    wt *= level.take(seg)
-    return cov, np.bincount(idx.ravel(), weights=wt.ravel(), minlength=h * w)
+    w = size[1]
+    pos, step, length, level = _trail_segments(ev, cmap, size)
+    q, seg = _path_samples(pos, step, length)
+    if len(seg) == 0:
+        return np.empty(0, dtype=np.intp), np.empty(0), np.empty(0)
+    # only the band of rows the trail spans is counted (a 16:9 page fills ~56% of a square)
+    top, bottom = int(pos[1].min()), int(pos[1].max()) + 2
+    q[1] -= top
+    idx, wt = _bilinear_taps(q, w)
+    band = (bottom - top) * w
+    if len(seg) < _PACK_MAX_SAMPLES:
+        level += _PACK
+        wt *= level.take(seg)
+        packed = np.bincount(idx.ravel(), weights=wt.ravel(), minlength=band)
+        nz = np.flatnonzero(packed > 0)  # 5× faster than flatnonzero(packed)
+        level_sum = packed.take(nz)
+        ink = np.floor(level_sum * (1 / _PACK))
+        level_sum -= ink * _PACK
+    else:
+        cov = np.bincount(idx.ravel(), weights=wt.ravel(), minlength=band)
+        wt *= level.take(seg)
+        nz = np.flatnonzero(cov > 0)
+        level_sum = np.bincount(idx.ravel(), weights=wt.ravel(), minlength=band).take(nz)
+        ink = cov.take(nz)
+    level_sum /= ink
+    ink *= 1 / TAP_STEPS**2
+    nz += top * w
+    return nz, ink, level_sum
 
 
 _LOG_SPEED = np.log(SPEED_RANGE)
@@ -493,77 +549,77 @@ _LOG_SPEED = np.log(SPEED_RANGE)
 def _trail_segments(
     ev: np.ndarray, cmap: Mapping, size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Image positions minus ½ (pixel-centre origin, clamped so all four taps are inside),
-    drawn image length (0 across a gap) and ``speed_level·(TRAIL_LEVELS-1) + ½`` per segment."""
+    """Image positions (2, N) relative to pixel centres (clamped so that all four taps are
+    inside), segment vectors (2, N-1), drawn length in image px (0 across a gap) and
+    ``speed_level·(TRAIL_LEVELS-1) + ½`` per segment. x and y share one (2, ·) array so
+    that each step is one ufunc call for both."""
     h, w = size
-    t, x, y = ev[:, 0], ev[:, 1], ev[:, 2]
-    dx, dy, dt = x[1:] - x[:-1], y[1:] - y[:-1], t[1:] - t[:-1]
-    dist = dx * dx
-    dist += dy * dy
-    np.sqrt(dist, out=dist)
+    pos = np.empty((2, len(ev)))
+    np.multiply(ev[:, 1:3].T, cmap.scale, out=pos)
+    pos += np.array([[cmap.ox - 0.5], [cmap.oy - 0.5]])
+    np.clip(pos, 0.0, np.array([[w - 1.001], [h - 1.001]]), out=pos)  # no-op when sanitised
+    step = pos[:, 1:] - pos[:, :-1]
+    sq = step * step
+    length = sq[0]
+    length += sq[1]
+    np.sqrt(length, out=length)
+    t = ev[:, 0]
+    dt = t[1:] - t[:-1]
     speed = np.maximum(dt, MIN_DT_MS)
-    np.divide(dist, speed, out=speed)
+    np.divide(length, speed, out=speed)  # image px/ms: viewport px/ms × scale
     np.maximum(speed, 1e-9, out=speed)
     level = np.log(speed, out=speed)  # speed_level, scaled for the table, in place
     top = TRAIL_LEVELS - 1
-    level -= _LOG_SPEED[0]
+    level -= _LOG_SPEED[0] + np.log(cmap.scale)
     level *= top / (_LOG_SPEED[1] - _LOG_SPEED[0])
     np.clip(level, 0.0, top, out=level)
     level += 0.5
-    length = dist
-    length *= cmap.scale
     length[dt > GAP_MS] = 0.0  # a gap is skipped, not drawn
-    px, py = x * cmap.scale, y * cmap.scale
-    px += cmap.ox - 0.5
-    py += cmap.oy - 0.5
-    np.clip(px, 0.0, w - 1.001, out=px)  # a no-op for sanitised points (2-px margin)
-    np.clip(py, 0.0, h - 1.001, out=py)
-    return px, py, length, level
+    return pos, step, length, level
 
 
 def _path_samples(
-    px: np.ndarray, py: np.ndarray, length: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions at arc lengths ½, 1½, 2½ … along the polyline and the segment of each."""
-    cum = np.empty(len(px))
+    pos: np.ndarray, step: np.ndarray, length: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (2, S) at arc lengths ½, 1½, 2½ … along the polyline and the segment of
+    each. ``step`` is consumed."""
+    cum = np.empty(len(length) + 1)
     cum[0] = 0.0
     np.cumsum(length, out=cum[1:])
     first = (cum + 0.5).astype(np.intp)  # samples before each vertex
     seg = np.repeat(np.arange(len(length)), first[1:] - first[:-1])
-    inv = 1.0 / np.maximum(length, 1e-12)  # segments of length 0 hold no sample
-    # the sample at arc length s on segment i is p_i + (s - cum_i)·d_i = (p_i - cum_i·d_i) + s·d_i
-    s = np.arange(0.5, len(seg), 1.0)
-    out = []
-    for p in (px, py):
-        d = p[1:] - p[:-1]
-        d *= inv
-        origin = cum[:-1] * d
-        np.subtract(p[:-1], origin, out=origin)
-        q = d.take(seg)
-        q *= s
-        q += origin.take(seg)
-        out.append(q)
-    return out[0], out[1], seg
+    step /= np.maximum(length, 1e-12)  # unit vectors (segments of length 0 hold no sample)
+    along = np.arange(0.5, len(seg), 1.0)
+    along -= cum.take(seg)  # arc length from the segment's start
+    out = step.take(seg, axis=1)
+    out *= along
+    out += pos.take(seg, axis=1)
+    return out, seg
 
 
-def _bilinear_taps(u: np.ndarray, v: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices and weights (4, S) of the bilinear taps of points (u, v) given relative
-    to pixel centres (the caller keeps all taps inside the image). ``u``, ``v`` are consumed."""
-    fu, fv = np.floor(u), np.floor(v)
-    u -= fu
-    v -= fv
-    fv *= w
-    fv += fu
-    idx = np.empty((4, len(u)), dtype=np.intp)
-    idx[0] = fv
+def _bilinear_taps(q: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices and integer weights (4, S) of the bilinear taps of points ``q`` (2, S)
+    given relative to pixel centres, in 1/``TAP_STEPS``² (the caller keeps all taps inside
+    the image). ``q`` is consumed."""
+    cell = np.floor(q)
+    q -= cell
+    q *= TAP_STEPS
+    np.rint(q, out=q)
+    u, v = q
+    cell[1] *= w
+    cell[1] += cell[0]
+    n = q.shape[1]
+    idx = np.empty((4, n), dtype=np.intp)
+    idx[0] = cell[1]
     np.add(idx[0], 1, out=idx[1])
     np.add(idx[0], w, out=idx[2])
     np.add(idx[0], w + 1, out=idx[3])
-    wt = np.empty((4, len(u)))
+    wt = np.empty((4, n))
     np.multiply(u, v, out=wt[3])
+    q *= TAP_STEPS
     np.subtract(u, wt[3], out=wt[1])
     np.subtract(v, wt[3], out=wt[2])
-    np.subtract(1.0, u, out=wt[0])
+    np.subtract(TAP_STEPS**2, u, out=wt[0])
     wt[0] -= wt[2]
     return idx, wt
 
@@ -576,7 +632,7 @@ def _blend_clicks(image: np.ndarray, ev: np.ndarray, cmap: Mapping, size: tuple[
     """Anti-aliased rings over the flat uint8 (H·W, 3) ``image``: left clicks, then right
     (overlapping rings of one colour add up their coverage, clipped at 1)."""
     h, w = size
-    code = ev[:, 3]
+    code = ev[:, 3].copy()  # one strided read, then two fast comparisons
     is_click = code == LEFT_DOWN
     is_click |= code == RIGHT_DOWN
     rows = np.flatnonzero(is_click)
@@ -590,18 +646,22 @@ def _blend_clicks(image: np.ndarray, ev: np.ndarray, cmap: Mapping, size: tuple[
     # (a sort) is needed
     right = (code.take(rows) == RIGHT_DOWN)[:, None] * (h * w)
     alpha = np.bincount((taps + right).ravel(), weights=cover.ravel(), minlength=2 * h * w)
-    np.minimum(alpha, 1.0, out=alpha)
     taps = taps.ravel()
+    left_a = np.minimum(alpha.take(taps), 1.0)
+    right_a = np.minimum(alpha[h * w :].take(taps), 1.0)
+    # over-compositing left then right: pixel·(1-aL)(1-aR) + L·aL(1-aR) + R·aR
+    left_a *= 1.0 - right_a
     flat = image.view("V3").ravel()
-    pixels = flat.take(taps).view(np.uint8).reshape(-1, 3)
-    rgb = np.array(pixels.T, dtype=np.float64)  # planes: (3, n) keeps the loops long
-    for a, colour in ((alpha.take(taps), LEFT_COLOUR), (alpha[h * w :].take(taps), RIGHT_COLOUR)):
-        for c in range(3):
-            rgb[c] += a * (colour[c] - rgb[c])
+    rgb = np.array(flat.take(taps).view(np.uint8).reshape(-1, 3).T, dtype=np.float64)
+    rgb *= 1.0 - left_a - right_a
+    rgb += _CLICK_COLOURS @ np.stack([left_a, right_a])
     rgb += 0.5
     pixels = np.empty((len(taps), 3), dtype=np.uint8)
     pixels[:] = rgb.T
     flat[taps] = pixels.view("V3").ravel()
+
+
+_CLICK_COLOURS = np.stack([LEFT_COLOUR, RIGHT_COLOUR], axis=1).astype(np.float64)
 
 
 def _ring_taps(
@@ -616,10 +676,16 @@ def _ring_taps(
     phase = ((cx - ix) * CLICK_SUBPIXEL).astype(np.intp) * CLICK_SUBPIXEL
     phase += ((cy - iy) * CLICK_SUBPIXEL).astype(np.intp)
     cover = kernels[np.minimum(phase, len(kernels) - 1)]
-    cols = ix.astype(np.intp)[:, None] + ox
-    rows = iy.astype(np.intp)[:, None] + oy
-    taps = rows * w + cols
-    if cols.min() < 0 or rows.min() < 0 or cols.max() >= w or rows.max() >= h:
+    ix_, iy_ = ix.astype(np.intp), iy.astype(np.intp)
+    taps = (iy_ * w + ix_)[:, None] + (oy * w + ox)
+    x_lo, x_hi, y_lo, y_hi = (
+        ix_.min() + ox.min(),
+        ix_.max() + ox.max(),
+        iy_.min() + oy.min(),
+        iy_.max() + oy.max(),
+    )
+    if x_lo < 0 or y_lo < 0 or x_hi >= w or y_hi >= h:
+        cols, rows = ix_[:, None] + ox, iy_[:, None] + oy
         inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
         taps, cover = np.where(inside, taps, 0), np.where(inside, cover, 0.0)
     return taps, cover

@@ -670,37 +670,36 @@ def _ring_taps(
     """Flat pixel indices and coverage (M, K) of the rings around M viewport points, from the
     precomputed kernels; taps outside the image point at pixel 0 with coverage 0."""
     h, w = size
-    ox, oy, kernels = _ring_kernels(radius, ring)
+    ox, oy, kernels, reach = _ring_kernels(radius, ring)
     cx, cy = cmap.apply(xy)
     ix, iy = np.floor(cx), np.floor(cy)
     phase = ((cx - ix) * CLICK_SUBPIXEL).astype(np.intp) * CLICK_SUBPIXEL
     phase += ((cy - iy) * CLICK_SUBPIXEL).astype(np.intp)
-    cover = kernels[np.minimum(phase, len(kernels) - 1)]
-    ix_, iy_ = ix.astype(np.intp), iy.astype(np.intp)
-    taps = (iy_ * w + ix_)[:, None] + (oy * w + ox)
-    x_lo, x_hi, y_lo, y_hi = (
-        ix_.min() + ox.min(),
-        ix_.max() + ox.max(),
-        iy_.min() + oy.min(),
-        iy_.max() + oy.max(),
-    )
-    if x_lo < 0 or y_lo < 0 or x_hi >= w or y_hi >= h:
-        cols, rows = ix_[:, None] + ox, iy_[:, None] + oy
+    np.minimum(phase, len(kernels) - 1, out=phase)
+    cols, rows = ix.astype(np.intp), iy.astype(np.intp)
+    taps = (rows * w + cols)[:, None] + (oy * w + ox)[phase]
+    cover = kernels[phase]
+    near_edge = min(cols.min(), rows.min()) < reach
+    if near_edge or cols.max() >= w - reach or rows.max() >= h - reach:
+        cols, rows = cols[:, None] + ox[phase], rows[:, None] + oy[phase]
         inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
         taps, cover = np.where(inside, taps, 0), np.where(inside, cover, 0.0)
     return taps, cover
 
 
 @functools.lru_cache(maxsize=8)
-def _ring_kernels(radius: float, ring: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixel offsets (K,) from the centre's pixel and ring coverage (S², K) for centres at
-    each of S×S sub-pixel positions; offsets no ring position touches are left out."""
+def _ring_kernels(radius: float, ring: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Pixel offsets from the centre's pixel (x and y) and ring coverage, each (S², K), for
+    centres at each of S×S sub-pixel positions, and the largest offset: per position the K
+    taps it covers most (all it covers at all; some positions pad with coverage 0)."""
     sub = (np.arange(CLICK_SUBPIXEL) + 0.5) / CLICK_SUBPIXEL
     fx, fy = np.repeat(sub, CLICK_SUBPIXEL), np.tile(sub, CLICK_SUBPIXEL)
     flat, cover = _disc_taps(fx + 64, fy + 64, radius, (128, 128), ring)
-    used = (cover > 0).any(axis=0)
-    ox, oy = flat[0, used] % 128 - 64, flat[0, used] // 128 - 64
-    return ox, oy, cover[:, used]
+    k = int((cover > 0).sum(axis=1).max())
+    best = np.argsort(-cover, axis=1, kind="stable")[:, :k]
+    ox, oy = (flat[0] % 128 - 64)[best], (flat[0] // 128 - 64)[best]
+    reach = int(max(np.abs(ox).max(), np.abs(oy).max()))
+    return ox, oy, np.take_along_axis(cover, best, axis=1), reach
 
 
 @functools.lru_cache(maxsize=8)

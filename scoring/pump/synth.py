@@ -17,6 +17,9 @@ Each card is built in physical units and then handed over in random instrument u
 
 Nothing that is cheap to read off (point count, units, absolute load, noise level) depends on
 the class: every physical and instrument parameter is drawn from the same ranges for every mode.
+The one exception is physics, not instrument: a stuck plunger's loads are the rod stretch over
+the whole polished-rod stroke, ``k (S - x_p)``, several times the fluid load (see
+:func:`_downhole`); a unit-free image does not see the scale.
 
 Modes left out of :data:`MODES` by default: ``tubing_leak`` and ``flowing_through_pump`` differ
 from a full pump only in absolute load, and ``unanchored_tubing`` only in extra slant, which on a
@@ -175,8 +178,9 @@ def _hitting_up(rng: np.random.Generator, s: Stroke) -> np.ndarray:
 
 
 def _stuck(rng: np.random.Generator, s: Stroke) -> np.ndarray:
-    # plunger held: the whole stroke stretches the rods, load follows position (see _downhole)
-    return s.x * rng.uniform(2.0, 4.0)
+    # plunger held: the whole stroke stretches the rods, load follows position (scaled by the
+    # rod stiffness in _downhole)
+    return s.x
 
 
 def _viscous(rng: np.random.Generator, s: Stroke) -> np.ndarray:
@@ -284,8 +288,11 @@ def _downhole(
     )
     if mode == "stuck_plunger":
         plunger_stroke = well.stroke_m * rng.uniform(0.0, 0.08)
-        # the rods stretch until the unit's load limit: about the loads it normally lifts
-        load = well.fluid_load_kn * rng.uniform(0.7, 1.5) * s.x
+        # The pumping unit's linkage still drives the polished rod through its whole stroke, so
+        # the part the plunger does not follow stretches the rods: x_s = x_p + F/k spans the
+        # stroke, F = k (S - x_p). Capping F at the usual loads instead would shrink the
+        # polished-rod stroke, which a beam unit cannot do.
+        load = well.stiffness_kn_per_m * (well.stroke_m - plunger_stroke) * shape
     position = plunger_stroke * s.x
     return position, load
 

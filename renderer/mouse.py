@@ -311,8 +311,8 @@ def frame_mapping(clean: Cleaned, size: tuple[int, int], margin: float = 2.0) ->
     on the page a person moved, and the viewport's shape, say more about the page than about
     the person, so the model does not see them."""
     h, w = size
-    xy = clean.events[:, 1:3]
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    x, y = clean.events[:, 1], clean.events[:, 2]  # per column: min(axis=0) over 2 is slow
+    lo, hi = np.array([x.min(), y.min()]), np.array([x.max(), y.max()])
     side = max(float((hi - lo).max()), FRAME_MIN_FRACTION * max(clean.viewport), 1.0)
     centre = (lo + hi) / 2
     scale = min(w - 2 * margin, h - 2 * margin) / side
@@ -328,17 +328,37 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
 
 def _bilinear(
     px: np.ndarray, py: np.ndarray, h: int, w: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flat pixel indices (4, S), tap weights (4, S) and an in-image mask (4, S) of the four
-    bilinear taps of each sample."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Flat pixel indices (4, S), float32-rounded tap weights (4, S) and an in-image mask
+    (4, S) of the four bilinear taps of each sample; the mask is None when every tap is in
+    the image (the usual case, tested on the S base pixels instead of the 4·S taps).
+    Indices are ``np.intp``: ``np.bincount`` converts any other integer type first, which
+    costs more than the count."""
     u, v = px - 0.5, py - 0.5
-    i0, j0 = np.floor(u).astype(np.int32), np.floor(v).astype(np.int32)
+    i0, j0 = np.floor(u).astype(np.intp), np.floor(v).astype(np.intp)
     a, b = (u - i0).astype(np.float32), (v - j0).astype(np.float32)
+    idx = np.empty((4, len(i0)), dtype=np.intp)  # filled in place: np.stack costs more
+    np.multiply(j0, w, out=idx[0])
+    idx[0] += i0
+    np.add(idx[0], 1, out=idx[1])
+    np.add(idx[0], w, out=idx[2])
+    np.add(idx[0], w + 1, out=idx[3])
+    taps = np.empty((4, len(i0)), dtype=np.float32)
+    na, nb = 1 - a, 1 - b
+    np.multiply(na, nb, out=taps[0])
+    np.multiply(a, nb, out=taps[1])
+    np.multiply(na, b, out=taps[2])
+    np.multiply(a, b, out=taps[3])
+    if len(i0) == 0 or (i0.min() >= 0 and j0.min() >= 0 and i0.max() < w - 1 and j0.max() < h - 1):
+        return idx, taps, None
     cols = np.stack([i0, i0 + 1, i0, i0 + 1])
     rows = np.stack([j0, j0, j0 + 1, j0 + 1])
-    taps = np.stack([(1 - a) * (1 - b), a * (1 - b), (1 - a) * b, a * b])
-    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-    return rows * w + cols, taps, inside
+    return idx, taps, (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+
+
+def _inside(values: np.ndarray, inside: np.ndarray | None) -> np.ndarray:
+    """The entries of (4, S) tap ``values`` whose tap is in the image, flat."""
+    return values.ravel() if inside is None else values[inside]
 
 
 def splat_segments(
@@ -353,7 +373,8 @@ def splat_segments(
 
     Each segment is sampled about once per pixel of its length; each sample carries the
     length it stands for and is spread bilinearly over its four nearest pixels, so a line
-    deposits one unit of coverage per pixel of length whatever its slope.
+    deposits one unit of coverage per pixel of length whatever its slope. (The model input:
+    its float32 rounding is kept as the models were trained on it.)
     """
     h, w = size
     k = values.shape[1]
@@ -372,12 +393,14 @@ def splat_segments(
     py = y0[seg] + frac * dy[seg]
     idx, taps, inside = _bilinear(px, py, h, w)
     wt = taps * (length / n)[seg]
-    flat_idx, flat_wt = idx[inside], wt[inside]
-    cov = np.bincount(flat_idx, weights=flat_wt, minlength=h * w).reshape(h, w)
+    flat_idx = _inside(idx, inside)
+    cov = np.bincount(flat_idx, weights=_inside(wt, inside), minlength=h * w).reshape(h, w)
     sums = np.empty((k, h, w))
     for c in range(k):  # one pass per channel, not per point
         per_tap = wt * values[seg, c].astype(np.float32)[None, :]
-        sums[c] = np.bincount(flat_idx, weights=per_tap[inside], minlength=h * w).reshape(h, w)
+        sums[c] = np.bincount(flat_idx, weights=_inside(per_tap, inside), minlength=h * w).reshape(
+            h, w
+        )
     return cov, sums
 
 
@@ -760,10 +783,13 @@ def draw_channels(clean: Cleaned, size: tuple[int, int] = (64, 64)) -> np.ndarra
         axis=1,
     )[drawn]
     cov, sums = splat_segments(x0[:-1][drawn], y0[:-1][drawn], x1[drawn], y1[drawn], vals, (h, w))
-    ink = np.clip(cov, 0.0, 1.0)
-    means = np.where(cov > 0, sums / np.maximum(cov, 1e-12), 0.0) * ink
-    out = np.zeros((len(MODEL_CHANNELS), h, w), dtype=np.float32)
-    out[0], out[1:4] = ink, means
+    out = np.zeros((len(MODEL_CHANNELS), h * w), dtype=np.float32)
+    cov = cov.ravel()
+    nz = np.flatnonzero(cov > 0)  # the mean is taken where there is ink, the rest stays 0
+    ink = np.minimum(cov.take(nz), 1.0)
+    out[0, nz] = ink
+    out[1:4, nz] = sums.reshape(len(sums), -1)[:, nz] / np.maximum(cov.take(nz), 1e-12) * ink
+    out = out.reshape(len(MODEL_CHANNELS), h, w)
     radius = max(1.0, 2.0 * min(h, w) / 64)
     ev = clean.events
     gaps = np.diff(ev[:, 0])
@@ -820,7 +846,8 @@ def _smooth(values: np.ndarray, k: int = 5) -> np.ndarray:
 def _histogram(px: np.ndarray, py: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     idx, taps, inside = _bilinear(px.astype(np.float32), py.astype(np.float32), h, w)
-    counts = np.bincount(idx[inside], weights=taps[inside], minlength=h * w).reshape(h, w)
+    counts = np.bincount(_inside(idx, inside), _inside(taps, inside), minlength=h * w)
+    counts = counts.reshape(h, w)
     out: np.ndarray = np.minimum(np.log1p(counts) / np.log1p(PHASE_INK), 1.0)
     return out
 

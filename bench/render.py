@@ -22,6 +22,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -66,7 +67,7 @@ class _Figure:
         return np.asarray(self.canvas.buffer_rgba())[..., :3].copy()
 
 
-def _segments(events: np.ndarray, viewport: tuple[int, int]) -> tuple[np.ndarray, ...]:
+def _segments(events: np.ndarray, viewport: tuple[int, int]) -> tuple[np.ndarray, Any, np.ndarray]:
     ev = sanitize(events, viewport).events
     level = speed_level(kinematics(ev).speed)
     return ev, np.stack([ev[:-1, 1:3], ev[1:, 1:3]], axis=1), level

@@ -560,7 +560,7 @@ def _splat_path(
         nz = np.flatnonzero(cov > 0)
         level_sum = np.bincount(idx.ravel(), weights=wt.ravel(), minlength=band).take(nz)
         ink = cov.take(nz)
-    level_sum /= ink
+    np.divide(level_sum, ink, out=level_sum)
     ink *= 1 / TAP_STEPS**2
     nz += top * w
     return nz, ink, level_sum
@@ -783,13 +783,13 @@ def draw_channels(clean: Cleaned, size: tuple[int, int] = (64, 64)) -> np.ndarra
         axis=1,
     )[drawn]
     cov, sums = splat_segments(x0[:-1][drawn], y0[:-1][drawn], x1[drawn], y1[drawn], vals, (h, w))
-    out = np.zeros((len(MODEL_CHANNELS), h * w), dtype=np.float32)
+    flat = np.zeros((len(MODEL_CHANNELS), h * w), dtype=np.float32)
     cov = cov.ravel()
     nz = np.flatnonzero(cov > 0)  # the mean is taken where there is ink, the rest stays 0
     ink = np.minimum(cov.take(nz), 1.0)
-    out[0, nz] = ink
-    out[1:4, nz] = sums.reshape(len(sums), -1)[:, nz] / np.maximum(cov.take(nz), 1e-12) * ink
-    out = out.reshape(len(MODEL_CHANNELS), h, w)
+    flat[0, nz] = ink
+    flat[1:4, nz] = sums.reshape(len(sums), -1)[:, nz] / np.maximum(cov.take(nz), 1e-12) * ink
+    out = flat.reshape(len(MODEL_CHANNELS), h, w)
     radius = max(1.0, 2.0 * min(h, w) / 64)
     ev = clean.events
     gaps = np.diff(ev[:, 0])

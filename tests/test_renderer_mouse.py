@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+import renderer.mouse as renderer_mouse
 from renderer.errors import InvalidSession
 from renderer.mouse import (
     BACKGROUND,
@@ -13,6 +14,7 @@ from renderer.mouse import (
     MODEL_CHANNELS,
     PLASMA,
     RIGHT_COLOUR,
+    SPEED_RANGE,
     draw_channels,
     mapping,
     render_channels,
@@ -208,3 +210,127 @@ def test_pauses_and_clicks_appear_in_their_channels():
     out = draw_channels(sanitize(ev, VIEWPORT), (64, 64))
     assert out[MODEL_CHANNELS.index("pauses")].max() > 0
     assert out[MODEL_CHANNELS.index("clicks")].max() > 0
+
+
+# --- the picture for people: a faithful, anti-aliased drawing (and a fast one) -------------
+
+
+def ink(img: np.ndarray) -> np.ndarray:
+    """Per-pixel darkness in [0, 1] (0 = white background)."""
+    return 1.0 - img.astype(float).min(axis=-1) / 255.0
+
+
+def test_trail_is_anti_aliased_with_even_ink_whatever_the_slope():
+    t = np.arange(200) * 10.0
+    flat = np.column_stack([t, 300 + t * 0.6, np.full(200, 540.3), np.zeros(200)])
+    diagonal = np.column_stack([t, 300 + t * 0.6 / np.sqrt(2), 200 + t * 0.6 / np.sqrt(2), 0 * t])
+    partial = ink(render_trail(diagonal, VIEWPORT))
+    assert ((partial > 0.05) & (partial < 0.6)).sum() > 40  # soft edges, not a staircase
+    # below saturation (gain 0.5) the ink is proportional to the coverage: one pixel of
+    # line deposits the same coverage whatever its slope
+    a, b = (ink(render_trail(ev, VIEWPORT, line_gain=0.5)) for ev in (flat, diagonal))
+    assert a.sum() == pytest.approx(b.sum(), rel=0.03)
+
+
+def test_trail_keeps_the_viewport_aspect():
+    side = 400.0  # a square stroke on a 16:9 page stays square in the picture
+    s = np.linspace(0, 1, 100)
+    path = np.concatenate(
+        [
+            np.column_stack([s, 0 * s]),
+            np.column_stack([1 + 0 * s, s]),
+            np.column_stack([1 - s, 1 + 0 * s]),
+        ]
+    )
+    ev = np.column_stack(
+        [
+            np.arange(len(path)) * 10.0,
+            700 + side * path[:, 0],
+            300 + side * path[:, 1],
+            np.zeros(len(path)),
+        ]
+    )
+    rows, cols = np.nonzero(ink(render_trail(ev, VIEWPORT, (160, 300))) > 0.3)
+    assert (cols.max() - cols.min()) / (rows.max() - rows.min()) == pytest.approx(1.0, abs=0.08)
+
+
+def test_mid_speed_is_the_middle_of_the_colormap():
+    mid = np.sqrt(SPEED_RANGE[0] * SPEED_RANGE[1])
+    img = render_trail(line(60, mid, 540.5), VIEWPORT).reshape(-1, 3).astype(float)
+    solid = img[ink(img[None])[0] > 0.6]
+    assert len(solid) and np.abs(solid - PLASMA[len(PLASMA) // 2]).sum(1).mean() < 60
+
+
+def test_click_rings_are_drawn_over_the_trail_and_near_the_edge():
+    ev = np.vstack(
+        [line(80, 1.0), [[900, 500, 540, 3], [950, 500, 540, 4], [960, 1, 1, 1], [990, 1, 1, 2]]]
+    )
+    img = render_trail(ev, VIEWPORT).reshape(-1, 3).astype(float)
+    assert (np.abs(img - RIGHT_COLOUR).sum(1) < 30).sum() > 5  # the ring covers the trail
+    assert (np.abs(img - LEFT_COLOUR).sum(1) < 30).sum() > 3  # a corner click is clipped, drawn
+
+
+def test_trail_is_deterministic_and_leaves_the_input_alone():
+    rng = np.random.default_rng(0)
+    ev = np.column_stack(
+        [
+            np.cumsum(rng.uniform(1, 20, 500)),
+            rng.uniform(0, 1920, 500),
+            rng.uniform(0, 1080, 500),
+            rng.integers(0, 5, 500),
+        ]
+    )
+    before = ev.copy()
+    first = render_trail(ev, VIEWPORT)
+    assert np.array_equal(first, render_trail(ev, VIEWPORT)) and np.array_equal(ev, before)
+
+
+def test_packed_coverage_count_equals_the_two_count_fallback(monkeypatch):
+    rng = np.random.default_rng(1)
+    ev = np.column_stack(
+        [
+            np.cumsum(rng.uniform(1, 30, 3000)),
+            rng.uniform(0, 1920, 3000),
+            rng.uniform(0, 1080, 3000),
+            np.zeros(3000),
+        ]
+    )
+    packed = render_trail(ev, VIEWPORT)
+    monkeypatch.setattr(renderer_mouse, "_PACK_MAX_SAMPLES", 0)
+    assert np.abs(render_trail(ev, VIEWPORT).astype(int) - packed).max() <= 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.float64, st.tuples(st.integers(2, 120), st.just(4)), elements=st.floats(0, 1900)),
+    st.integers(8, 260),
+    st.integers(8, 260),
+)
+def test_any_clean_session_draws_inside_a_white_frame(ev, h, w):
+    ev = ev.copy()
+    ev[:, 0] = np.cumsum(ev[:, 0])
+    ev[:, 3] = 0  # moves only: click rings may reach past the margin
+    img = render_trail(ev, VIEWPORT, (h, w))
+    assert img.shape == (h, w, 3)
+    assert (img[0] == 255).all() and (img[-1] == 255).all()  # the 2-px margin holds the trail
+    assert (img[:, 0] == 255).all() and (img[:, -1] == 255).all()
+
+
+# --- the model input: semantics frozen (trained models depend on them) --------------------
+
+
+def test_model_channels_match_the_values_the_models_were_trained_on():
+    t = np.arange(0, 4000, 8.0)
+    x = 600 + 400 * np.cos(t / 700) + 30 * np.sin(t / 90)
+    y = 500 + 300 * np.sin(t / 500)
+    ev = np.column_stack([t, x, y, np.zeros_like(t)])
+    ev[200:, 0] += 400  # a pause
+    clicks = [[1000, x[125], y[125], 1], [1090, x[125], y[125], 2]]
+    clicks += [[3000, x[375], y[375], 3], [3120, x[375], y[375], 4]]
+    out = render_channels(np.vstack([ev, clicks]), VIEWPORT)
+    # computed by the renderer before the speed work (commit 7436477); the channels since
+    # are bit-identical on this and on synthetic sessions
+    sums = [190.7602, 117.0918, 0.3723, 31.4524, 5.0304, -1.4856, 91.6618, 62.4315]
+    peaks = [1.0, 1.0, 0.3232, 0.8108, 0.3906, 0.664, 1.0, 1.0]
+    assert out.reshape(8, -1).sum(1) == pytest.approx(sums, abs=2e-3)
+    assert np.abs(out).reshape(8, -1).max(1) == pytest.approx(peaks, abs=2e-4)

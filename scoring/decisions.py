@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
+import math
 import re
 import threading
 import time
@@ -230,10 +231,9 @@ async def live_pages(redis: aioredis.Redis, site: Site, external: str, since: fl
     )
     if not raw:
         return []
-    fields = ["site_id", "account", "user_agent", "client_ip"]
     async with redis.pipeline(transaction=False) as pipe:
         for sid, _seen in raw:
-            pipe.hmget(keys.session_meta(_text(sid)), fields)
+            pipe.hmget(keys.session_meta(_text(sid)), LIVE_FIELDS)
         metas = await pipe.execute()
     pages = []
     for (sid, seen), values in zip(raw, metas, strict=True):
@@ -241,6 +241,75 @@ async def live_pages(redis: aioredis.Redis, site: Site, external: str, since: fl
         if site_id == str(site.id) and account == external:
             pages.append(Page(_text(sid), ua or "", ip or "", float(seen)))
     return pages
+
+
+DIRECTORY_REFRESH_S = 1.0
+"""How stale :class:`LiveDirectory` may be: a page opened less than this long ago can be
+missing from a visit found through it (the asked-for session itself never is)."""
+DIRECTORY_REREAD_S = 30.0
+"""How often the directory re-reads every live page's fields, not only new pages' (an account
+identified after its page opened)."""
+
+
+LIVE_FIELDS = ["site_id", "account", "user_agent", "client_ip"]
+
+
+@dataclass
+class LiveDirectory:
+    """The live page sessions by (site, account), shared by the decisions of one process.
+
+    :func:`live_pages` reads the site and account of every live session for every decision:
+    fine for a handful, but parsing thousands of replies in Python per request would be the
+    largest cost of a decision on a busy site. This reads the live set at most every
+    :data:`DIRECTORY_REFRESH_S`, and the fields only of sessions it has not seen yet (all of
+    them every :data:`DIRECTORY_REREAD_S`), so a decision costs a dictionary lookup."""
+
+    fields: dict[str, list[str | None]] = field(default_factory=dict)
+    """sid → its :data:`LIVE_FIELDS`."""
+    seen: dict[str, float] = field(default_factory=dict)
+    by_account: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    refreshed: float = -math.inf
+    reread: float = -math.inf
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def pages(
+        self, redis: aioredis.Redis, site: Site, external: str, since: float
+    ) -> list[Page]:
+        """Live pages of ``external`` on ``site`` active since ``since`` (unix s)."""
+        if time.monotonic() - self.refreshed >= DIRECTORY_REFRESH_S:
+            async with self.lock:  # one refresh at a time; the others wait for it
+                if time.monotonic() - self.refreshed >= DIRECTORY_REFRESH_S:
+                    await self.refresh(redis)
+        out = []
+        for sid in self.by_account.get((str(site.id), external), []):
+            _site, _account, ua, ip = self.fields[sid]
+            if self.seen[sid] >= since:
+                out.append(Page(sid, ua or "", ip or "", self.seen[sid]))
+        return out
+
+    async def refresh(self, redis: aioredis.Redis) -> None:
+        started = time.monotonic()
+        since = time.time() - VISIT_WINDOW.total_seconds()
+        raw: list[Any] = await redis.zrevrangebyscore(
+            keys.LIVE_SESSIONS, "+inf", since, start=0, num=MAX_LIVE_SCAN, withscores=True
+        )
+        seen = {_text(sid): float(at) for sid, at in raw}
+        reread = started - self.reread >= DIRECTORY_REREAD_S
+        todo = [sid for sid in seen if reread or sid not in self.fields]
+        async with redis.pipeline(transaction=False) as pipe:
+            for sid in todo:
+                pipe.hmget(keys.session_meta(sid), LIVE_FIELDS)
+            metas = await pipe.execute() if todo else []
+        fields = {sid: self.fields[sid] for sid in seen if sid in self.fields}
+        for sid, values in zip(todo, metas, strict=True):
+            fields[sid] = [_text(v) if v is not None else None for v in values]
+        by_account: dict[tuple[str, str], list[str]] = {}
+        for sid, (site_id, account, _ua, _ip) in fields.items():
+            if site_id is not None and account:
+                by_account.setdefault((site_id, account), []).append(sid)
+        self.fields, self.seen, self.by_account = fields, seen, by_account
+        self.refreshed = started
+        self.reread = started if reread else self.reread
 
 
 def ended_pages(session: Session, site: Site, account: Account | None, since: float) -> list[Page]:
@@ -290,9 +359,11 @@ async def resolve_visit(
     site: Site,
     req: DecisionRequest,
     now: dt.datetime | None = None,
+    directory: LiveDirectory | None = None,
 ) -> Visit:
     """The visit a request is about: the page sessions of the same account on the same device
     in the last :data:`VISIT_WINDOW`, live or ended, newest first (the asked-for one first).
+    Live pages come from ``directory`` when given, else straight from Redis (:func:`live_pages`).
 
     NotFound for an unknown session or account, or one of another site (the same answer, so
     ids of other sites cannot be probed); InvalidInput ``account_mismatch`` when both are given
@@ -312,7 +383,10 @@ async def resolve_visit(
     account: Account | None = None
     pages: list[Page] = []
     if external is not None:
-        pages = await live_pages(redis, site, external, since)
+        if directory is not None:
+            pages = await directory.pages(redis, site, external, since)
+        else:
+            pages = await live_pages(redis, site, external, since)
         account, ended = await asyncio.to_thread(_account_pages, sessions, site, external, since)
         pages += ended
     if req.session_id is None and account is None and not pages:
@@ -446,6 +520,7 @@ class DecisionContext:
     """Decisions allowed to queue for a scoring slot; past that the answer is the site's
     default with reason ``overloaded`` at once, instead of a late answer for everyone."""
     waiting: int = 0
+    directory: LiveDirectory = field(default_factory=LiveDirectory)
 
 
 @dataclass
@@ -590,7 +665,7 @@ async def evaluate(
     """Decide ``req`` for ``site`` from the visit's samples so far, and record the decision."""
     laps = Laps()
     policy = parse_policy(site.policy)
-    visit = await resolve_visit(ctx.redis, ctx.sessions, site, req, now)
+    visit = await resolve_visit(ctx.redis, ctx.sessions, site, req, now, ctx.directory)
     laps.lap("visit")
     pages = await gather(ctx.redis, visit)
     laps.lap("samples")

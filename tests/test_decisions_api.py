@@ -60,6 +60,15 @@ class Env:
         engine.dispose()
         return int(n)
 
+    def details(self, decision_id: int) -> dict[str, Any]:
+        engine = make_engine(self.db_url)
+        with make_sessionmaker(engine)() as s:
+            row = s.get(Decision, decision_id)
+            assert row is not None
+            out = dict(row.details)
+        engine.dispose()
+        return out
+
     def sessions(self) -> Any:
         return make_sessionmaker(make_engine(self.db_url))
 
@@ -258,6 +267,11 @@ def test_a_scored_decision_uses_the_samples_so_far_and_the_accounts_model(
     second = env.decide({"account_id": "alice", "action": "checkout"}).json()
     assert second["samples_used"] == _in_redis(redis_client, sid) > first["samples_used"]
     assert second["sessions"] == [sid]
+    # incremental: the windows complete at the first decision were not rendered again
+    first_d, second_d = env.details(first["decision_id"]), env.details(second["decision_id"])
+    assert first_d["windows_rendered"] == first_d["windows"] >= 2
+    assert 0 < second_d["windows_rendered"] <= second_d["windows"] - (first_d["windows"] - 1)
+    assert set(second_d["timing_ms"]) == {"visit", "samples", "model", "scoring"}
     # the score is the production scorer's on exactly those samples
     scorer = MouseScorer(env.sessions(), env.model_dir)
     data = asyncio.run(_read(redis_url, sid))

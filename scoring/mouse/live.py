@@ -9,9 +9,10 @@ its first event, so a window, once complete, never changes:
 
 - :func:`live_bounds` - blocks ``[0, w)``, ``[w, 2w)``, … of ``w = window_events``; the tail
   after the last full block is a window of its own once it holds at least ``w / 2`` events,
-  before that it joins the last block. The number of windows is the batch path's
-  (``round(n / w)``) and every window holds between ``w / 2`` and ``1.5 w`` events (batch:
-  about ``0.67 w`` to ``1.5 w``; training draws windows of 100–700 events, both inside).
+  before that it joins the last block. The number of windows is the batch path's,
+  ``round(n / w)`` (halves rounded up here), and every window holds between ``w / 2`` and
+  ``1.5 w`` events (batch: about ``0.67 w`` to ``1.5 w``; training draws windows of 100–700
+  events, both inside).
   As the session grows only its last one or two windows are new.
 - :class:`WindowCache` - the network's output for windows already scored, keyed by the
   network and a digest of the window's events and viewport. A window whose events changed

@@ -101,6 +101,37 @@ def test_round_trip_of_many_moves_is_exact_and_compact() -> None:
     assert len(raw) / len(samples) < 3.1
 
 
+steps = st.tuples(
+    st.integers(0, 2**21), st.integers(-2000, 2000), st.integers(-2000, 2000)
+) | st.tuples(st.integers(0, 127), st.integers(-63, 63), st.integers(-63, 63))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(steps, min_size=1, max_size=300))
+def test_moves_of_any_varint_widths_round_trip(deltas: list[tuple[int, int, int]]) -> None:
+    # the decoder reads one-byte varints inline and longer ones through the Reader: mixed in
+    # any order they must come out exactly as sent
+    t, x, y, samples = 0, 0, 0, []
+    for dt, dx, dy in deltas:
+        t, x, y = t + dt, max(-30000, min(30000, x + dx)), max(-30000, min(30000, y + dy))
+        samples.append((t, x, y))
+    frame = wire.decode_frame(wire.encode_moves(3, samples))
+    assert [(t, x, y) for t, x, y, _ in frame.events] == samples
+    assert frame.t_last == samples[-1][0]
+
+
+def test_a_fault_late_in_a_record_is_named_as_before() -> None:
+    ok = [(i * 80, 100 + i, 100) for i in range(20)]
+    bad = wire.encode_moves(1, [*ok, (20 * 80, wire.MAX_COORD + 1, 100)])
+    with pytest.raises(InvalidFrame) as err:
+        wire.decode_frame(bad)
+    assert err.value.code == "insane_coordinates"
+    assert f"({wire.MAX_COORD + 1}, 100)" in str(err.value)
+    with pytest.raises(InvalidFrame) as err:
+        wire.decode_frame(wire.encode_moves(1, ok)[:-2])
+    assert err.value.code == "truncated_varint"
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_never_crash_the_decoders(data: bytes) -> None:

@@ -92,7 +92,8 @@ saturate gently instead of at the first overlap."""
 
 @dataclass(frozen=True)
 class Cleaned:
-    """A sanitised session: events sorted by time, positions inside ``viewport``."""
+    """A sanitised session: events sorted by time, positions inside ``viewport``.
+    (``sanitize`` stores ``events`` column-major, Fortran order.)"""
 
     events: np.ndarray
     viewport: tuple[float, float]
@@ -189,7 +190,8 @@ def sanitize(events: object, viewport: tuple[float, float]) -> Cleaned:
     dropped["duplicate_time"] = before - cols.shape[1]
     if cols.shape[1] == 0:
         raise InvalidSession("no usable events in the session", "empty_session")
-    return Cleaned(np.ascontiguousarray(cols.T), (vw, vh), dropped)
+    # (N, 4) in column-major order: the renderers read it column by column
+    return Cleaned(cols.T, (vw, vh), dropped)
 
 
 def _all_rows_usable(cols: np.ndarray, viewport: tuple[float, float]) -> bool:
@@ -655,7 +657,7 @@ def _blend_clicks(image: np.ndarray, ev: np.ndarray, cmap: Mapping, size: tuple[
     """Anti-aliased rings over the flat uint8 (H·W, 3) ``image``: left clicks, then right
     (overlapping rings of one colour add up their coverage, clipped at 1)."""
     h, w = size
-    code = ev[:, 3].copy()  # one strided read, then two fast comparisons
+    code = ev[:, 3]
     is_click = code == LEFT_DOWN
     is_click |= code == RIGHT_DOWN
     rows = np.flatnonzero(is_click)

@@ -729,7 +729,9 @@ async def evaluate(
 
 
 MODEL_RECHECK_S = 30.0
-"""How often the chooser looks for a newly activated mouse model (a cheap query)."""
+"""How often the chooser looks for a newly activated mouse model (a cheap query), and how long
+it reuses an account's choice of model."""
+MAX_CHOICES = 100_000
 
 
 def _active_ids(sessions: sessionmaker[Session]) -> tuple[int | None, int | None]:
@@ -767,10 +769,24 @@ def mouse_model_chooser(
                 state["scorer"] = MouseScorer(sessions, model_dir, device)
             return state["scorer"]
 
+    # account → its choice, per loaded scorer: which head judges an account is read from the
+    # database (two or three queries), and it changes only with a newly activated model
+    chosen: dict[int | None, tuple[float, ModelChoice]] = {}
+    chosen_by: list[Any] = [None]  # the scorer those choices were made with
+
     def choose(account_id: int | None) -> ModelChoice:
-        bound = scorer().for_account(account_id)
-        if bound.kind not in ("account", "group"):
-            return ModelChoice("none")
-        return ModelChoice(bound.kind, bound.version, bound)
+        current, now = scorer(), time.monotonic()
+        if chosen_by[0] is not current or len(chosen) >= MAX_CHOICES:
+            chosen.clear()
+            chosen_by[0] = current
+        hit = chosen.get(account_id)
+        if hit is not None and now - hit[0] < MODEL_RECHECK_S:
+            return hit[1]
+        bound = current.for_account(account_id)
+        choice = ModelChoice("none")
+        if bound.kind in ("account", "group"):
+            choice = ModelChoice(bound.kind, bound.version, bound)
+        chosen[account_id] = (now, choice)
+        return choice
 
     return choose

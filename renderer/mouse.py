@@ -696,12 +696,12 @@ def _ring_taps(
     precomputed kernels; taps outside the image point at pixel 0 with coverage 0."""
     h, w = size
     ox, oy, kernels, reach = _ring_kernels(radius, ring)
-    cx, cy = cmap.apply(xy)
-    ix, iy = np.floor(cx), np.floor(cy)
-    phase = ((cx - ix) * CLICK_SUBPIXEL).astype(np.intp) * CLICK_SUBPIXEL
-    phase += ((cy - iy) * CLICK_SUBPIXEL).astype(np.intp)
-    np.minimum(phase, len(kernels) - 1, out=phase)
-    cols, rows = ix.astype(np.intp), iy.astype(np.intp)
+    # x and y together in 1/S-pixel steps: the pixel is step // S, the kernel step % S
+    steps = np.empty((2, len(xy)))
+    np.multiply(xy.T, cmap.scale * CLICK_SUBPIXEL, out=steps)
+    steps += np.array([[cmap.ox], [cmap.oy]]) * CLICK_SUBPIXEL
+    (cols, rows), sub = np.divmod(np.floor(steps).astype(np.intp), CLICK_SUBPIXEL)
+    phase = sub[0] * CLICK_SUBPIXEL + sub[1]
     taps = (rows * w + cols)[:, None] + (oy * w + ox)[phase]
     cover = kernels[phase]
     near_edge = min(cols.min(), rows.min()) < reach

@@ -16,7 +16,8 @@ TINY = ["--width", "0.0625", "--size", "32", "--epochs", "1", "--threads", "1", 
 SYNTH = [
     "--accounts", "3", "--outsiders", "2", "--enrol-sessions", "2", "--enrol-events", "1500",
     "--test-sessions", "12", "--test-min-events", "100", "--test-max-events", "800",
-    "--group-people", "6", "--group-sessions", "2", "--seed", "4",
+    "--group-people", "6", "--group-sessions", "2", "--group-min-events", "300",
+    "--group-max-events", "1500", "--seed", "4",
 ]  # fmt: skip
 
 

@@ -6,12 +6,20 @@ import torch
 from torchvision.models.vgg import cfgs, make_layers
 
 from renderer.errors import InvalidInput, ModelNotFound
-from renderer.mouse import MODEL_CHANNELS
+from renderer.mouse import MODEL_CHANNELS, Cleaned
 from scoring.backbones import load_matching
 from scoring.mouse import store
 from scoring.mouse.data import Preprocessing
 from scoring.mouse.model import ModelConfig, MouseNet, build
-from scoring.mouse.train import GroupModel, Head, OwnerModel, calibrate, pseudo_sessions
+from scoring.mouse.train import (
+    GroupModel,
+    Head,
+    OwnerModel,
+    calibrate,
+    calibration_sessions,
+    pseudo_sessions,
+)
+from scoring.sessionfile import SessionRecord
 
 
 def test_shapes_follow_width_size_and_channels():
@@ -74,3 +82,14 @@ def test_owner_and_group_models_round_trip_through_the_store(tmp_path: Path):
     )
     group = store.load(gpath)
     assert isinstance(group, GroupModel) and group.threshold == 0.7
+
+
+def test_thresholds_are_calibrated_on_whole_sessions_never_trained_on():
+    def session(user: str, j: int) -> tuple[SessionRecord, Cleaned]:
+        ev = np.zeros((3, 4))
+        return SessionRecord(f"{user}-{j}", user, (100, 100), ev), Cleaned(ev, (100.0, 100.0))
+
+    cleaned = [session("a", j) for j in range(10)] + [session("b", j) for j in range(2)]
+    held = calibration_sessions(cleaned, 0.2)
+    # a: its two latest sessions, whole; b has too few sessions to spare one (time split)
+    assert held == {8, 9}

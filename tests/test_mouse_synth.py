@@ -1,8 +1,9 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
-from renderer.mouse import LEFT_DOWN, LEFT_UP, kinematics, sanitize
+from renderer.mouse import LEFT_DOWN, LEFT_UP, RIGHT_DOWN, kinematics, sanitize
 from scoring.mouse.metrics import trivial_cue_auc
 from scoring.mouse.synth import SynthConfig, draw_habits, generate_events, group_sets, owner_sets
 from scoring.sessionfile import POSITIVE
@@ -39,6 +40,23 @@ def test_people_differ_in_their_kinematics():
         for h in (slow, fast)
     ]
     assert v[1] > 1.3 * v[0]
+
+
+def test_visitors_who_do_not_know_the_site_search_but_are_not_busier():
+    # the group difference is in how the pointer moves (search-and-point: slow scans with a
+    # rest on each item before the target), not in how many events a second it makes
+    rng = np.random.default_rng(11)
+    people = [draw_habits(rng) for _ in range(6)]
+    clicks, rates = {}, {}
+    for known in (1.0, 0.1):
+        c, r = [], []
+        for k, h in enumerate(people):
+            ev, _vp = generate_events(h, 4000, np.random.default_rng(k), familiarity=known)
+            c.append(np.isin(ev[:, 3], (LEFT_DOWN, RIGHT_DOWN)).sum())
+            r.append(len(ev) / np.ptp(ev[:, 0]) * 1000)
+        clicks[known], rates[known] = np.array(c), np.array(r)
+    assert (clicks[0.1] < 0.7 * clicks[1.0]).all()  # more pointer travel per target
+    assert np.median(rates[0.1] / rates[1.0]) == pytest.approx(1.0, abs=0.15)
 
 
 def test_owner_sets_have_genuine_enrolment_and_mixed_short_tests():

@@ -20,8 +20,18 @@ everyone, so events per second and length alone carry almost nothing (checked in
 reported in docs/mouse.md). Dirty rows (65535 coordinates, duplicate timestamps, swapped
 rows) are injected at realistic rates so training sees what production sees.
 
-Groups (customers vs non-customers) shift a few habits slightly: people who know the site
-search less and hesitate less; the shift is small against the spread between people.
+Groups (customers vs non-customers) differ in *familiarity with the site*, not in motor
+habits (both groups are drawn from the same population of people): each session has a
+familiarity, the probability that the visitor knows where the next control is. A known
+target is acquired by one aimed movement (plus the person's own overshoot and hesitation
+habits). An unknown one is searched for first: the pointer visits one to three candidate
+controls and rests briefly on each (hover-reading a label) before the aimed movement to the
+target. Customers know most of the site (familiarity 0.7–1.0: a page they rarely use still
+needs searching); non-customers are on a first or second visit (0.1–0.6: common controls are
+where they expect them). Account owners in the *owner* sets are customers, and so are the
+impostors' sessions there (familiarity is not an impostor cue in that task). Idle time
+between movements and the device's sampling rate are drawn the same way in both groups, so
+events per second and session length stay near chance for the group task too.
 """
 
 from __future__ import annotations
@@ -67,8 +77,8 @@ def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(rng.uniform(lo, hi))
 
 
-def draw_habits(rng: np.random.Generator, group_shift: float = 0.0) -> Habits:
-    """A person from the population; ``group_shift`` in [-1, 1] moves search and hesitation."""
+def draw_habits(rng: np.random.Generator) -> Habits:
+    """A person from the population."""
     return Habits(
         fitts_a=_u(rng, 60, 220),
         fitts_b=_u(rng, 90, 240),
@@ -80,9 +90,9 @@ def draw_habits(rng: np.random.Generator, group_shift: float = 0.0) -> Habits:
         curv_sd=_u(rng, 0.02, 0.08),
         overshoot_p=_u(rng, 0.05, 0.55),
         overshoot_mag=_u(rng, 0.02, 0.12),
-        search_p=float(np.clip(_u(rng, 0.02, 0.3) + 0.08 * group_shift, 0.0, 0.6)),
-        pause_mu=float(np.log(_u(rng, 120, 900)) + 0.15 * group_shift),
-        dwell_mu=float(np.log(_u(rng, 60, 450)) + 0.15 * group_shift),
+        search_p=_u(rng, 0.02, 0.3),
+        pause_mu=float(np.log(_u(rng, 120, 900))),
+        dwell_mu=float(np.log(_u(rng, 60, 450))),
         press_mu=float(np.log(_u(rng, 55, 170))),
         tremor_amp=_u(rng, 0.15, 1.6),
         tremor_hz=_u(rng, 6.0, 12.0),
@@ -110,12 +120,19 @@ class _Page:
     viewport: tuple[int, int]
     rate_hz: float
     anchors: np.ndarray  # (K, 2) where the page's controls are
+    familiarity: float = 1.0  # probability that the visitor knows where the next target is
 
 
-def _new_page(rng: np.random.Generator) -> _Page:
+CUSTOMER_FAMILIARITY = (0.7, 1.0)
+NONCUSTOMER_FAMILIARITY = (0.1, 0.6)
+READ_MEDIAN_MS = 450.0
+"""Median rest on a candidate item while searching (reading its label)."""
+
+
+def _new_page(rng: np.random.Generator, familiarity: float = 1.0) -> _Page:
     vw, vh = VIEWPORTS[rng.integers(len(VIEWPORTS))]
     anchors = rng.uniform([0.05 * vw, 0.05 * vh], [0.95 * vw, 0.95 * vh], size=(8, 2))
-    return _Page((vw, vh), float(rng.uniform(60, 200)), anchors)
+    return _Page((vw, vh), float(rng.uniform(60, 200)), anchors, familiarity)
 
 
 def _times(duration: float, rate_hz: float, rng: np.random.Generator) -> np.ndarray:
@@ -156,12 +173,44 @@ def _fitts(h: Habits, dist: float, width: float, rng: np.random.Generator) -> fl
     return float(base * np.exp(rng.normal(0, 0.12)))
 
 
+def _search(page: _Page, pos: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Where the pointer goes while looking for a target whose place the visitor does not
+    know (nothing when it is known), as (x, y, slow-down, rest ms) rows.
+
+    Search-and-point, as novices do it: a visually guided move to a likely region (slower than
+    an aimed movement: the pointer follows the eyes), then a scan over neighbouring items along
+    a menu or list axis, short slow steps with a rest on each item to read it."""
+    if page.familiarity >= 1.0 or rng.random() < page.familiarity:
+        return []
+    region = page.anchors[rng.integers(len(page.anchors))] + rng.normal(0, 40, 2)
+    stops = [np.r_[region, rng.uniform(1.2, 1.6), 0.0]]
+    axis = np.array([0.0, 1.0]) if rng.random() < 0.7 else np.array([1.0, 0.0])
+    direction = rng.choice([-1.0, 1.0])
+    spot = region
+    for _ in range(int(rng.integers(1, 5))):
+        spot = spot + direction * axis * rng.uniform(30, 120) + rng.normal(0, 5, 2)
+        rest = READ_MEDIAN_MS * float(np.exp(rng.normal(0, 0.5)))
+        stops.append(np.r_[spot, rng.uniform(1.2, 1.8), rest])
+    return stops
+
+
 def _movement(
     pos: np.ndarray, h: Habits, page: _Page, rng: np.random.Generator
 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """An aimed movement to a target near one of the page's controls, with its sub-moves."""
+    """An aimed movement to a target near one of the page's controls, with its sub-moves
+    (after a search when the target's place is not known)."""
     target = page.anchors[rng.integers(len(page.anchors))] + rng.normal(0, 40, 2)
     width = float(rng.uniform(16, 120))
+    times, points = [], []
+    for x, y, slow, rest in _search(page, pos, rng):
+        spot = np.array([x, y])
+        d = float(np.hypot(*(spot - pos)))
+        t, p = _stroke(pos, spot, slow * _fitts(h, max(d, 1.0), width, rng), h, page, rng)
+        pos = p[-1]
+        if rest > 0:  # the pointer rests on the item: one still sample when it moves on
+            t, p = np.r_[t, t[-1] + rest], np.vstack([p, pos])
+        times.append(t)
+        points.append(p)
     waypoints = []
     if rng.random() < h.search_p:
         waypoints.append(pos + (target - pos) * rng.uniform(0.3, 0.7) + rng.normal(0, 80, 2))
@@ -170,7 +219,6 @@ def _movement(
         over = (target - pos) / (dist + 1e-9) * dist * h.overshoot_mag * rng.uniform(0.5, 1.5)
         waypoints.append(target + over)
     waypoints.append(target)
-    times, points = [], []
     for wp in waypoints:
         d = float(np.hypot(*(wp - pos)))
         t, p = _stroke(pos, wp, _fitts(h, max(d, 1.0), width, rng), h, page, rng)
@@ -188,10 +236,15 @@ def _click(h: Habits, rng: np.random.Generator) -> tuple[float, float, int, int]
 
 
 def generate_events(
-    h: Habits, n_events: int, rng: np.random.Generator, page: _Page | None = None
+    h: Habits,
+    n_events: int,
+    rng: np.random.Generator,
+    page: _Page | None = None,
+    familiarity: float = 1.0,
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """About ``n_events`` clean events of one session of person ``h`` and the viewport."""
-    page = page or _new_page(rng)
+    """About ``n_events`` clean events of one session of person ``h`` and the viewport;
+    ``familiarity`` is the probability of knowing where each target is (1: never searches)."""
+    page = page or _new_page(rng, familiarity)
     pos = np.array(page.viewport, dtype=float) / 2
     now = float(rng.uniform(0, 1e6))
     chunks: list[np.ndarray] = []
@@ -239,16 +292,24 @@ class SynthConfig:
     test_max_events: int = 5000
     impostor_fraction: float = 0.5
     group_people: int = 60
-    group_sessions: int = 8
-    group_min_events: int = 300
-    group_max_events: int = 3000
+    group_sessions: int = 6
+    group_min_events: int = 5000
+    group_max_events: int = 10000
     seed: int = 0
 
 
 def _record(
-    sid: str, user: str, h: Habits, n: int, label: str, rng: np.random.Generator
+    sid: str,
+    user: str,
+    h: Habits,
+    n: int,
+    label: str,
+    rng: np.random.Generator,
+    familiarity: tuple[float, float] = CUSTOMER_FAMILIARITY,
 ) -> SessionRecord:
-    events, viewport = generate_events(perturb(h, rng), n, rng)
+    """One dirty session; its familiarity with the site is drawn from the given range."""
+    known = _u(rng, *familiarity)
+    events, viewport = generate_events(perturb(h, rng), n, rng, familiarity=known)
     return SessionRecord(sid, user, viewport, dirty(events, rng), label)
 
 
@@ -291,15 +352,18 @@ def owner_sets(cfg: SynthConfig) -> tuple[list[SessionRecord], Iterator[SessionR
 
 
 def group_sets(cfg: SynthConfig) -> tuple[list[SessionRecord], list[SessionRecord]]:
-    """Customers vs non-customers; the people in the test set are not in the training set."""
+    """Customers vs non-customers: people from one population, sessions differing in how
+    well the visitor knows the site. The people in the test set are not in the training set."""
     rng = np.random.default_rng(cfg.seed + 2)
     out: list[list[SessionRecord]] = [[], []]
     for split in (0, 1):
         for p in range(cfg.group_people):
-            label = "customer" if p % 2 == 0 else "noncustomer"
-            h = draw_habits(rng, group_shift=-1.0 if label == "customer" else 1.0)
+            customer = p % 2 == 0
+            label = "customer" if customer else "noncustomer"
+            known = CUSTOMER_FAMILIARITY if customer else NONCUSTOMER_FAMILIARITY
+            h = draw_habits(rng)
             user = f"{'tr' if split == 0 else 'te'}{p:03d}"
             for j in range(cfg.group_sessions):
                 n = _test_length(cfg, rng, cfg.group_min_events, cfg.group_max_events)
-                out[split].append(_record(f"{user}-{j}", user, h, n, label, rng))
+                out[split].append(_record(f"{user}-{j}", user, h, n, label, rng, known))
     return out[0], out[1]

@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     defaults = synth.SynthConfig()
     for name in (
         "accounts", "outsiders", "enrol_sessions", "enrol_events", "test_sessions",
-        "test_min_events", "test_max_events", "group_people", "group_sessions", "seed",
+        "test_min_events", "test_max_events", "group_people", "group_sessions",
+        "group_min_events", "group_max_events", "seed",
     ):  # fmt: skip
         sy.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     sy.set_defaults(func=synthesise)

@@ -666,14 +666,18 @@ def _blend_clicks(image: np.ndarray, ev: np.ndarray, cmap: Mapping, size: tuple[
     radius = max(2.0, 3.5 * min(h, w) / 224)
     ring = max(1.0, 1.5 * min(h, w) / 224)
     taps, cover = _ring_taps(ev[rows, 1:3], cmap, radius, ring, size)
-    # both colours' coverage summed per pixel in one dense pass (2·H·W); every tap then reads
-    # its pixel's totals, so repeated pixels all write the same value and no de-duplication
-    # (a sort) is needed
-    right = (code.take(rows) == RIGHT_DOWN)[:, None] * (h * w)
-    alpha = np.bincount((taps + right).ravel(), weights=cover.ravel(), minlength=2 * h * w)
+    # both colours' coverage summed per pixel in one count over the span of pixels the rings
+    # touch (left, then right); every tap then reads its pixel's totals, so repeated pixels
+    # all write the same value and no de-duplication (a sort) is needed
+    first = int(taps.min())
+    span = int(taps.max()) - first + 1
+    taps -= first
+    label = taps + (code.take(rows) == RIGHT_DOWN)[:, None] * span
+    alpha = np.bincount(label.ravel(), weights=cover.ravel(), minlength=2 * span)
     taps = taps.ravel()
     left_a = np.minimum(alpha.take(taps), 1.0)
-    right_a = np.minimum(alpha[h * w :].take(taps), 1.0)
+    right_a = np.minimum(alpha[span:].take(taps), 1.0)
+    taps += first
     # over-compositing left then right: pixel·(1-aL)(1-aR) + L·aL(1-aR) + R·aR
     left_a *= 1.0 - right_a
     flat = image.view("V3").ravel()

@@ -849,13 +849,19 @@ def _smooth(values: np.ndarray, k: int = 5) -> np.ndarray:
     return num / den
 
 
-def _histogram(px: np.ndarray, py: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _histograms(px: np.ndarray, pys: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """Ink (K, H, W) of the points (px, py) for each of the K ``pys``, bilinear and
+    log-compressed; the K planes share one set of tap arrays and one count (each pixel's
+    sum adds the same taps in the same order as K separate counts would)."""
     h, w = size
-    idx, taps, inside = _bilinear(px.astype(np.float32), py.astype(np.float32), h, w)
-    counts = np.bincount(_inside(idx, inside), _inside(taps, inside), minlength=h * w)
-    counts = counts.reshape(h, w)
+    k, n = len(pys), len(px)
+    x = np.tile(px.astype(np.float32), k)
+    y = np.concatenate([p.astype(np.float32) for p in pys])
+    idx, taps, inside = _bilinear(x, y, h, w)
+    idx += np.repeat(np.arange(k) * (h * w), n)  # plane offsets, after the in-image test
+    counts = np.bincount(_inside(idx, inside), _inside(taps, inside), minlength=k * h * w)
     out: np.ndarray = np.minimum(np.log1p(counts) / np.log1p(PHASE_INK), 1.0)
-    return out
+    return out.reshape(k, h, w)
 
 
 def _phase_planes(
@@ -875,7 +881,8 @@ def _phase_planes(
     sx = speed_level(speed[keep]) * w
     a_y = (0.5 - 0.5 * np.tanh(acc[keep] / ACC_SCALE)) * h
     t_y = (1 - np.tanh(turn[keep] / TURN_SCALE)) * h
-    return _histogram(sx, a_y, size), _histogram(sx, t_y, size)
+    phase = _histograms(sx, [a_y, t_y], size)
+    return phase[0], phase[1]
 
 
 def window_bounds(n_events: int, window_events: int = 400) -> list[tuple[int, int]]:

@@ -3,8 +3,8 @@
 Everything here is a pure, vectorised function of an event array ``(N, 4)`` with columns
 ``t_ms, x, y, code`` (codes: 0 move, 1 left down, 2 left up, 3 right down, 4 right up,
 5 middle down, 6 middle up, 7 wheel) and a viewport ``(width, height)`` in CSS pixels.
-No Python loop runs per point: segments are sampled once per output pixel with
-``np.repeat`` and splatted bilinearly with ``np.bincount``, which anti-aliases them.
+No Python loop runs per point: lines are sampled once per output pixel with ``np.repeat``
+and splatted bilinearly with ``np.bincount``, which anti-aliases them.
 
 Dirty data is handled by :func:`sanitize` with fixed rules (documented in docs/mouse.md and
 in its docstring); every public renderer calls it, so any array either renders or raises
@@ -455,8 +455,9 @@ def _colormap(level: np.ndarray) -> np.ndarray:
 
 
 TRAIL_LEVELS = 256
-"""The trail's pixels are looked up in a table of 256 speed levels × 256 opacities (an 8-bit
-image cannot show finer steps: each step moves a channel by less than one 8-bit level)."""
+"""The trail's pixels are looked up in a table of 256 speed levels × 256 opacities: one
+opacity step moves a channel by less than one 8-bit level, one speed-level step by at most
+1.9 (the steepest stretch of the colormap), so the lookup is off by at most one level."""
 
 
 def _trail_table() -> np.ndarray:
@@ -488,8 +489,8 @@ def draw_trail(
     """:func:`render_trail` of an already sanitised session.
 
     The trail is sampled once per pixel of path length and splatted bilinearly (coverage and
-    coverage-weighted speed level, two ``np.bincount``); only the touched pixels are
-    coloured and blended, then the click rings are blended over them.
+    coverage-weighted speed level in one ``np.bincount``); only the touched pixels are
+    coloured, from a table, then the click rings are blended over them.
     """
     h, w = _check_size(size)
     cmap = mapping(clean.viewport, (h, w))
@@ -521,8 +522,9 @@ TAP_STEPS = 32
 are integers (a sample's four add up to 32² = 1024)."""
 _PACK = 2.0**40
 """Coverage and level sums share one ``np.bincount``: each tap adds ``weight·(2⁴⁰ + level)``,
-so a pixel's sum is ``2⁴⁰·Σweight + Σweight·level``, and the level part (< 256·Σweight) stays
-below 2⁴⁰ and exact to 2⁻¹² of itself while fewer than ``_PACK_MAX_SAMPLES`` are drawn."""
+so a pixel's sum is ``2⁴⁰·Σweight + Σweight·level``: the level part (< 256·Σweight) stays
+below 2⁴⁰, and the mean level is exact to about 2⁻¹² of a level, while fewer than
+``_PACK_MAX_SAMPLES`` are drawn (more: two counts)."""
 _PACK_MAX_SAMPLES = int(_PACK / (TAP_STEPS**2 * TRAIL_LEVELS))
 
 
@@ -535,8 +537,8 @@ def _splat_path(
     Samples lie every pixel of *path* length (not one set per segment): about half of a
     mouse's segments are shorter than an output pixel. Each sample stands for one pixel of
     line, spread over its four nearest pixels (bilinear), so the ink per pixel of length does
-    not depend on the slope. Written with in-place ufuncs on 1-D columns: at ~10,000 points
-    the temporaries, not the arithmetic, are the cost.
+    not depend on the slope. Written with in-place ufuncs on whole rows: at ~10,000 points
+    the number of numpy calls and temporaries, not the arithmetic, is the cost.
     """
     w = size[1]
     pos, step, length, level = _trail_segments(ev, cmap, size)

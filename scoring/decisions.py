@@ -360,10 +360,13 @@ async def resolve_visit(
     req: DecisionRequest,
     now: dt.datetime | None = None,
     directory: LiveDirectory | None = None,
+    subject: SessionData | None = None,
 ) -> Visit:
     """The visit a request is about: the page sessions of the same account on the same device
     in the last :data:`VISIT_WINDOW`, live or ended, newest first (the asked-for one first).
     Live pages come from ``directory`` when given, else straight from Redis (:func:`live_pages`).
+    ``subject``: the asked-for session's :func:`snapshot` when the caller already took it (its
+    meta is then not read again).
 
     NotFound for an unknown session or account, or one of another site (the same answer, so
     ids of other sites cannot be probed); InvalidInput ``account_mismatch`` when both are given
@@ -373,7 +376,7 @@ async def resolve_visit(
     like: dict[str, str] | None = None
     external = req.account
     if req.session_id is not None:
-        like = await session_meta(redis, req.session_id)
+        like = subject.meta if subject is not None else await session_meta(redis, req.session_id)
         if not like or like.get("site_id") != str(site.id):
             raise NotFound(f"no page session {req.session_id!r} for this site")
         in_session = like.get("account") or None
@@ -427,8 +430,21 @@ def record(
     details: dict[str, Any],
 ) -> Recorded:
     """Store the decision; ``review``/``deny`` open a case, a scored ``deny`` raises the alert
-    flow. The caller commits (one transaction for all of it)."""
+    flow. The caller commits (one transaction for all of it). The case comes first so that the
+    decision row is written once, with its case id, not inserted and then updated."""
     account_id = visit.account.id if visit.account is not None else None
+    case = None
+    if verdict.decision != "allow" and visit.subject_session is not None:
+        case = open_case(
+            db,
+            pipeline="mouse",
+            subject_id=visit.subject_session,
+            risk=verdict.score if verdict.score is not None else 0.0,
+            site_id=site.id,
+            threshold=verdict.threshold,
+            reason=f"real-time decision {verdict.decision} at {req.action}",
+        )
+    case_id = case.id if case is not None else None
     row = Decision(
         site_id=site.id,
         session_id=visit.subject_session,
@@ -440,21 +456,11 @@ def record(
         model_version=evidence.model_version,
         reasons=list(verdict.reasons),
         samples_used=evidence.samples,
-        details=details,
+        details={**details, "case_id": case_id},
     )
     db.add(row)
     db.flush()
-    case_id = None
-    if verdict.decision != "allow" and visit.subject_session is not None:
-        case = open_case(
-            db,
-            pipeline="mouse",
-            subject_id=visit.subject_session,
-            risk=verdict.score if verdict.score is not None else 0.0,
-            site_id=site.id,
-            threshold=verdict.threshold,
-            reason=f"real-time decision {verdict.decision} at {req.action}",
-        )
+    if case is not None:
         record_event(
             db,
             case,
@@ -463,9 +469,8 @@ def record(
             reason=", ".join(verdict.reasons),
             data={"decision_id": row.id, "decision": verdict.decision, "action": req.action},
         )
-        case_id = case.id
         if verdict.decision == "deny" and verdict.score is not None:
-            meta = visit.meta.get(visit.subject_session) or {}
+            meta = visit.meta.get(visit.subject_session or "") or {}
             on_flag(
                 db,
                 case,
@@ -474,8 +479,6 @@ def record(
                 device=_device(meta),
                 page=meta.get("page_path", ""),
             )
-    row.details = {**details, "case_id": case_id}
-    db.flush()
     return Recorded(decision_id=row.id, case_id=case_id)
 
 
@@ -587,11 +590,14 @@ async def snapshot(redis: aioredis.Redis, sid: str) -> SessionData | None:
     return SessionData(meta=meta, viewport=viewport, events=events)
 
 
-async def gather(redis: aioredis.Redis, visit: Visit) -> dict[str, SessionData]:
-    """The visit's page sessions still buffered in Redis, by id, in the visit's order."""
+async def gather(
+    redis: aioredis.Redis, visit: Visit, taken: dict[str, SessionData] | None = None
+) -> dict[str, SessionData]:
+    """The visit's page sessions still buffered in Redis, by id, in the visit's order
+    (``taken``: snapshots already read)."""
     pages: dict[str, SessionData] = {}
     for sid in visit.session_ids:
-        data = await snapshot(redis, sid)
+        data = (taken or {}).get(sid) or await snapshot(redis, sid)
         if data is not None:
             pages[sid] = data
             visit.meta[sid] = data.meta
@@ -660,14 +666,24 @@ def _model_for(policy: Policy, choice: ModelChoice, has_account: bool) -> str:
 
 
 async def evaluate(
-    ctx: DecisionContext, site: Site, req: DecisionRequest, now: dt.datetime | None = None
+    ctx: DecisionContext,
+    site: Site,
+    req: DecisionRequest,
+    now: dt.datetime | None = None,
+    policy: Policy | None = None,
 ) -> Answer:
-    """Decide ``req`` for ``site`` from the visit's samples so far, and record the decision."""
+    """Decide ``req`` for ``site`` from the visit's samples so far, and record the decision
+    (``policy``: the site's, when the caller parsed it already)."""
     laps = Laps()
-    policy = parse_policy(site.policy)
-    visit = await resolve_visit(ctx.redis, ctx.sessions, site, req, now, ctx.directory)
+    policy = policy or parse_policy(site.policy)
+    # the asked-for page first: its meta says which visit it is, its events are scored
+    subject = await snapshot(ctx.redis, req.session_id) if req.session_id else None
+    if req.session_id is not None and subject is None:
+        raise NotFound(f"no page session {req.session_id!r} for this site")
+    visit = await resolve_visit(ctx.redis, ctx.sessions, site, req, now, ctx.directory, subject)
     laps.lap("visit")
-    pages = await gather(ctx.redis, visit)
+    taken = {req.session_id: subject} if req.session_id and subject else {}
+    pages = await gather(ctx.redis, visit, taken)
     laps.lap("samples")
     samples = sum(len(p.events) for p in pages.values())
     account_id = visit.account.id if visit.account is not None else None

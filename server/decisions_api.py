@@ -41,7 +41,7 @@ from renderer.errors import (
     StoreUnavailable,
 )
 from scoring.decisions import DecisionContext, evaluate, mouse_model_chooser, parse_request
-from scoring.policy import admit, parse_policy
+from scoring.policy import Policy, admit, parse_policy
 from scoring.schema import Site
 from server.app import Services, services
 from server.siteauth import authenticate_site
@@ -85,26 +85,24 @@ def _authenticate(request: Request) -> Site:
         return authenticate_site(request, db)
 
 
-async def _site_and_limit(request: Request) -> Site:
+async def _site_and_limit(request: Request) -> tuple[Site, Policy]:
     svc = services(request)
     site = await asyncio.to_thread(_authenticate, request)  # never block the loop on the pool
     try:
         policy = parse_policy(site.policy)
-    except (
-        InvalidInput
-    ) as e:  # stored by hand around the admin page: the site's fault, not the caller's
+    except InvalidInput as e:  # stored by hand around the admin page: the site's fault
         raise ConfigError(f"policy of site {site.id}", f"{e} ({e.code})") from e
     wait = await admit(svc.redis, site.id, policy.rate_limit, int(time.time() * 1000))
     if wait > 0:
         raise RateLimited("too many decision requests for this site", retry_after=wait)
-    return site
+    return site, policy
 
 
 async def create_decision(request: Request) -> JSONResponse:
     try:
-        site = await _site_and_limit(request)
+        site, policy = await _site_and_limit(request)
         req = parse_request(await _body(request))
-        answer = await evaluate(decision_context(request), site, req)
+        answer = await evaluate(decision_context(request), site, req, policy=policy)
     except AccessDenied as e:
         return _error(401, "unauthorized", str(e), **{"WWW-Authenticate": "Bearer"})
     except ConfigError as e:

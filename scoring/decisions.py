@@ -39,6 +39,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from renderer.errors import InvalidInput, InvalidSession, NotFound
@@ -715,19 +716,19 @@ async def evaluate(
 
     def store() -> Recorded:
         with ctx.sessions() as db:
-            site_row = db.get(Site, site.id)
-            if site_row is None:
-                raise NotFound("the site was deleted while deciding")
-            recorded = record(
-                db,
-                site=site_row,
-                req=req,
-                visit=visit,
-                verdict=verdict,
-                evidence=evidence,
-                details=details,
-            )
-            db.commit()
+            try:
+                recorded = record(
+                    db,
+                    site=site,
+                    req=req,
+                    visit=visit,
+                    verdict=verdict,
+                    evidence=evidence,
+                    details=details,
+                )
+                db.commit()
+            except IntegrityError as e:  # a foreign key: not read again first, it costs a query
+                raise NotFound("the site or account was deleted while deciding") from e
             return recorded
 
     recorded = await asyncio.to_thread(store)

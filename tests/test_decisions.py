@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from renderer.errors import InvalidInput, NotFound
@@ -26,13 +26,23 @@ from scoring.decisions import (
     Visit,
     aggregate,
     decide,
+    evaluate,
     parse_request,
     record,
     resolve_visit,
     score_pages,
 )
 from scoring.policy import parse_policy
-from scoring.schema import Account, Alert, CaseEvent, Decision, PageSession, ReviewCase, utcnow
+from scoring.schema import (
+    Account,
+    Alert,
+    CaseEvent,
+    Decision,
+    PageSession,
+    ReviewCase,
+    Site,
+    utcnow,
+)
 from scoring.session_store import SessionData
 from server.sites import create_site
 
@@ -301,9 +311,7 @@ class _GatedScorer:
     def __init__(self) -> None:
         self.gate = threading.Event()
 
-    def score_events(
-        self, events: np.ndarray, viewport: tuple[int, int]
-    ) -> tuple[float, int, int]:
+    def score_events(self, events: np.ndarray, viewport: tuple[int, int]) -> tuple[float, int, int]:
         self.gate.wait(10)
         return 0.25, len(events) // 400, len(events) // 400
 
@@ -333,3 +341,21 @@ def test_scoring_sheds_load_past_the_queue_bound(redis_url: str) -> None:
     first, second, third, waiting, locked = asyncio.run(scenario())
     assert first == second == {"p": PageScore(0.25, 2, 2)}
     assert third is None and waiting == 0 and not locked
+
+
+def test_a_site_deleted_while_deciding_answers_not_found(db: Session, redis_url: str) -> None:
+    # the audit row is written without reading the site again: its foreign key is the check
+    gone = Site(id=987_654, key="tgk_gone", name="gone", secret_hash="x", policy={})
+    asyncio.run(_live(redis_url, "page-ghost-01", site_id=gone.id, account=""))
+
+    async def scenario() -> None:
+        redis = aioredis.Redis.from_url(redis_url)
+        ctx = DecisionContext(redis, sessionmaker(db.get_bind()), lambda _a: ModelChoice("none"))
+        try:
+            with pytest.raises(NotFound):
+                await evaluate(ctx, gone, DecisionRequest("login", "page-ghost-01"))
+        finally:
+            await redis.aclose()
+
+    asyncio.run(scenario())
+    assert db.scalar(select(func.count()).select_from(Decision)) == 0

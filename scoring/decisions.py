@@ -652,8 +652,10 @@ class Laps:
     ms: dict[str, float] = field(default_factory=dict)
 
     def lap(self, step: str) -> None:
+        """Time since the last lap, added to ``step``'s (a step may come back)."""
         now = time.perf_counter()
-        self.ms[step] = round((now - (self.last or self.started)) * 1000, 1)
+        took = (now - (self.last or self.started)) * 1000
+        self.ms[step] = round(self.ms.get(step, 0.0) + took, 1)
         self.last = now
 
     def total_ms(self) -> float:
@@ -681,6 +683,7 @@ async def evaluate(
     subject = await snapshot(ctx.redis, req.session_id) if req.session_id else None
     if req.session_id is not None and subject is None:
         raise NotFound(f"no page session {req.session_id!r} for this site")
+    laps.lap("samples")
     visit = await resolve_visit(ctx.redis, ctx.sessions, site, req, now, ctx.directory, subject)
     laps.lap("visit")
     taken = {req.session_id: subject} if req.session_id and subject else {}

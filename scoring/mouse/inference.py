@@ -228,6 +228,7 @@ class MouseScorer:
             )
             fresh = self.forward(torch.from_numpy(images), mode).numpy()
             for i, row in zip(todo, fresh, strict=True):
+                row = row.copy()  # not a view: an evicted row must not pin its whole batch
                 self.window_cache.put(mode, digests[i], row)
                 rows[i] = row
         filled = [row for row in rows if row is not None]  # all of them by now

@@ -37,8 +37,8 @@ import numpy as np
 from renderer.mouse import Cleaned
 
 CACHE_WINDOWS = 50_000
-"""Window outputs kept per loaded model (least recently used first out): about 300 bytes
-each, so ~15 MB, the complete windows of ~2,500 one-minute pages."""
+"""Window outputs kept per loaded model (least recently used first out): about 550 bytes
+each with Python's overhead, so ~27 MB: the complete windows of ~2,500 one-minute pages."""
 
 
 def live_bounds(n_events: int, window_events: int) -> list[tuple[int, int]]:

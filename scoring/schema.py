@@ -244,10 +244,14 @@ class PumpDiagnosis(Base):
 
 
 class AudioClip(Base):
-    """An uploaded recording; the file itself lives under data_dir."""
+    """An uploaded recording; the file itself lives under data_dir.
+
+    A clip belongs to the site that uploaded it: the site API reads and lists only the
+    authenticated site's clips (their analyses and detections hang off the clip)."""
 
     __tablename__ = "audio_clips"
     id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(500))
     path: Mapped[str] = mapped_column(String(1000))
     sample_rate: Mapped[int] = mapped_column(Integer)

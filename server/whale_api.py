@@ -1,13 +1,17 @@
 """JSON API of the whale pipeline: upload recordings, fetch their detections.
 
 Authentication: the site secret, ``Authorization: Bearer <site_key>.<site_secret>``
-(:func:`server.siteauth.authenticate_site`).
+(:func:`server.siteauth.authenticate_site`). A clip belongs to the site that uploaded it:
+clips are listed and read only within the authenticated site, and another site's clip answers
+404 with the same words as one that does not exist (no existence leak), as the pump API does.
 
 - ``POST /api/whale/clips?name=``: a WAV, FLAC or OGG recording as the raw request body or a
   multipart ``file`` field. It is written under ``data_dir/whale/uploads`` while it arrives (so
   an hours-long file never sits in memory), checked, recorded as an ``AudioClip`` and queued
   for the ``whale`` pipeline. 202 ``{"clip_id", "job_id", "sample_rate", "duration_s"}``; a
   corrupt, empty or unsupported file is 400 with ``error`` = the reason code and nothing kept.
+- ``GET /api/whale/clips``: the site's clips, newest first (at most :data:`LIST_LIMIT`), each
+  with its ``status`` and number of detections.
 - ``GET /api/whale/clips/{clip_id}``: the clip and its latest analysis: ``status``
   pending/done, ``threshold``, ``untrained``, ``detections`` and per-window ``windows``.
 """
@@ -36,6 +40,8 @@ from server.app import services
 MAX_UPLOAD = 2 * 1024**3
 """Largest accepted recording (2 GiB: about 30 h of 16-bit mono audio at 10 kHz)."""
 COPY_CHUNK = 1024 * 1024
+LIST_LIMIT = 200
+"""Most clips one ``GET /api/whale/clips`` answers with (the newest)."""
 
 
 def upload_dir(data_dir: Path) -> Path:
@@ -74,10 +80,14 @@ async def _save_multipart(request: Request, path: Path) -> str:
         return upload.filename or ""
 
 
-def _record(session: Session, name: str, path: Path) -> AudioClip:
+def _record(session: Session, site_id: int, name: str, path: Path) -> AudioClip:
     info = audio_io.probe(path)
     clip = AudioClip(
-        name=name[:500], path=str(path), sample_rate=info.sample_rate, duration_s=info.duration_s
+        site_id=site_id,
+        name=name[:500],
+        path=str(path),
+        sample_rate=info.sample_rate,
+        duration_s=info.duration_s,
     )
     session.add(clip)
     session.flush()
@@ -85,7 +95,7 @@ def _record(session: Session, name: str, path: Path) -> AudioClip:
 
 
 async def _upload(request: Request) -> Response:
-    svc = services(request)
+    svc, site = services(request), site_api.site_id(request)
     folder = upload_dir(svc.settings.data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{uuid.uuid4().hex}.audio"
@@ -100,7 +110,7 @@ async def _upload(request: Request) -> Response:
 
         def insert() -> tuple[int, int, float]:
             with svc.sessions() as session, session.begin():
-                clip = _record(session, name, path)
+                clip = _record(session, site, name, path)
                 return clip.id, clip.sample_rate, clip.duration_s
 
         clip_id, rate, duration = await run_in_threadpool(insert)
@@ -127,10 +137,17 @@ def detections_of(session: Session, analysis_id: int) -> list[Detection]:
     return list(session.scalars(stmt))
 
 
-def clip_json(session: Session, clip_id: int) -> dict[str, Any]:
+def site_clip(session: Session, site_id: int, clip_id: int) -> AudioClip:
+    """Clip ``clip_id`` if it belongs to the site; :class:`NotFound` otherwise, with the same
+    words whether it is another site's or missing."""
     clip = session.get(AudioClip, clip_id)
-    if clip is None:
+    if clip is None or clip.site_id != site_id:
         raise NotFound(f"audio clip {clip_id} does not exist")
+    return clip
+
+
+def clip_json(session: Session, clip: AudioClip) -> dict[str, Any]:
+    clip_id = clip.id
     out: dict[str, Any] = {
         "clip_id": clip.id,
         "name": clip.name,
@@ -159,13 +176,42 @@ async def _get_clip(request: Request) -> Response:
     raw = str(request.path_params["clip_id"])
     if not raw.isdigit():
         raise NotFound(f"audio clip {raw!r} does not exist")
-    svc = services(request)
+    svc, site = services(request), site_api.site_id(request)
 
     def load() -> dict[str, Any]:
         with svc.sessions() as session:
-            return clip_json(session, int(raw))
+            return clip_json(session, site_clip(session, site, int(raw)))
 
     return JSONResponse(await run_in_threadpool(load))
+
+
+def _summary(session: Session, clip: AudioClip) -> dict[str, Any]:
+    analysis = latest_analysis(session, clip.id)
+    return {
+        "clip_id": clip.id,
+        "name": clip.name,
+        "sample_rate": clip.sample_rate,
+        "duration_s": clip.duration_s,
+        "created_at": clip.created_at.isoformat(),
+        "status": "pending" if analysis is None else "done",
+        "n_detections": None if analysis is None else len(detections_of(session, analysis.id)),
+    }
+
+
+async def _list_clips(request: Request) -> Response:
+    svc, site = services(request), site_api.site_id(request)
+
+    def load() -> list[dict[str, Any]]:
+        with svc.sessions() as session:
+            clips = session.scalars(
+                select(AudioClip)
+                .where(AudioClip.site_id == site)
+                .order_by(AudioClip.id.desc())
+                .limit(LIST_LIMIT)
+            )
+            return [_summary(session, clip) for clip in clips]
+
+    return JSONResponse({"clips": await run_in_threadpool(load)})
 
 
 async def _guarded(request: Request, handler: Any) -> Response:
@@ -180,8 +226,13 @@ async def get_clip(request: Request) -> Response:
     return await _guarded(request, _get_clip)
 
 
+async def list_clips(request: Request) -> Response:
+    return await _guarded(request, _list_clips)
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/api/whale/clips", upload_clip, methods=["POST"]),
+        Route("/api/whale/clips", list_clips, methods=["GET"]),
         Route("/api/whale/clips/{clip_id}", get_clip, methods=["GET"]),
     ]

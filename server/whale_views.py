@@ -1,6 +1,8 @@
 """Review pages of the whale pipeline (analyst login required).
 
-- ``/whale``: uploaded recordings, newest first, with their latest analysis.
+- ``/whale``: uploaded recordings, newest first, with their latest analysis and owning site;
+  ``?site=`` (site id) filters. Analysts see every site's clips (the site API sees only its
+  own).
 - ``/whale/clips/{clip_id}``: the clip's spectrogram with the detected segments drawn under it
   and a table of segments with their confidence.
 - ``/whale/clips/{clip_id}/spectrogram.png``: the PCEN overview the pipeline saved while it
@@ -23,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from renderer.audio import overview_image
 from scoring.pipelines.whale import overview_path
-from scoring.schema import AudioClip, ClipAnalysis, Detection
+from scoring.schema import AudioClip, ClipAnalysis, Detection, Site
 from server.app import services
 from server.auth import require_analyst
 from server.review.templating import render
@@ -37,24 +39,47 @@ IMAGE_HEIGHT = 128
 class ClipRow:
     clip: AudioClip
     analysis: ClipAnalysis | None
+    site_name: str
     detections: list[Detection] = field(default_factory=list)
 
 
-def _rows(request: Request) -> list[ClipRow]:
+def _rows(request: Request, site: int | None) -> tuple[list[ClipRow], list[tuple[int, str]]]:
     with services(request).sessions() as session:
-        clips = session.scalars(select(AudioClip).order_by(AudioClip.id.desc()).limit(PAGE_SIZE))
+        # the filter offers the sites that own clips, not every site
+        sites = [
+            (int(site_id), name)
+            for site_id, name in session.execute(
+                select(Site.id, Site.name)
+                .where(Site.id.in_(select(AudioClip.site_id)))
+                .order_by(Site.name, Site.id)
+            ).all()
+        ]
+        query = (
+            select(AudioClip, Site.name)
+            .join(Site, Site.id == AudioClip.site_id)
+            .order_by(AudioClip.id.desc())
+            .limit(PAGE_SIZE)
+        )
+        if site is not None:
+            query = query.where(AudioClip.site_id == site)
         rows = []
-        for clip in clips:
+        for clip, name in session.execute(query).all():
             analysis = latest_analysis(session, clip.id)
             found = detections_of(session, analysis.id) if analysis else []
-            rows.append(ClipRow(clip, analysis, found))
-        return rows
+            rows.append(ClipRow(clip, analysis, name, found))
+        return rows, sites
+
+
+def _site_param(request: Request) -> int | None:
+    raw = request.query_params.get("site", "")
+    return int(raw) if raw.isdigit() else None
 
 
 async def whale_list(request: Request) -> Response:
     await require_analyst(request)
-    rows = await run_in_threadpool(_rows, request)
-    return render(request, "whale/list.html", {"rows": rows})
+    site = _site_param(request)
+    rows, sites = await run_in_threadpool(_rows, request, site)
+    return render(request, "whale/list.html", {"rows": rows, "sites": sites, "site": site})
 
 
 def _clip_id(request: Request) -> int:
@@ -70,7 +95,9 @@ def _load(request: Request, clip_id: int) -> ClipRow:
         if clip is None:
             raise HTTPException(404, "no such clip")
         analysis = latest_analysis(session, clip_id)
-        return ClipRow(clip, analysis, detections_of(session, analysis.id) if analysis else [])
+        site = session.get(Site, clip.site_id)
+        found = detections_of(session, analysis.id) if analysis else []
+        return ClipRow(clip, analysis, site.name if site else "", found)
 
 
 async def whale_clip(request: Request) -> Response:

@@ -78,10 +78,11 @@ def test_upload_stores_the_file_and_queues_a_job(
 
 
 def test_multipart_upload(client: TestClient, app_settings: Settings) -> None:
+    headers = auth(app_settings)
     files = {"file": ("song.flac", flac_bytes(5.0), "audio/flac")}
-    response = client.post("/api/whale/clips", files=files, headers=auth(app_settings))
+    response = client.post("/api/whale/clips", files=files, headers=headers)
     assert response.status_code == 202, response.text
-    clip = client.get(f"/api/whale/clips/{response.json()['clip_id']}", headers=auth(app_settings))
+    clip = client.get(f"/api/whale/clips/{response.json()['clip_id']}", headers=headers)
     assert clip.json()["name"] == "song.flac"
 
 
@@ -155,3 +156,52 @@ def test_detections_are_served_and_browsable(client: TestClient, app_settings: S
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert image.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert client.get("/whale/clips/424242").status_code == 404
+
+
+def test_a_site_lists_and_reads_only_its_own_clips(
+    client: TestClient, app_settings: Settings, redis_client: redis.Redis
+) -> None:
+    mine = auth(app_settings)
+    other_world = add_site(sessions_for(app_settings), "Harbour watch", external_id="u-7")
+    other = {"Authorization": f"Bearer {other_world.site_key}.{other_world.secret}"}
+    clip_id = client.post(
+        "/api/whale/clips?name=bay.flac", content=flac_bytes(4.0), headers=mine
+    ).json()["clip_id"]
+    analyse(app_settings, clip_id)
+    queued = redis_client.xlen(keys.jobs_stream("whale"))
+
+    # another site: the clip looks exactly like one that does not exist, and is not listed
+    theirs = client.get(f"/api/whale/clips/{clip_id}", headers=other)
+    missing = client.get("/api/whale/clips/424242", headers=other)
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json() == {"error": "not_found", "detail": f"audio clip {clip_id} does not exist"}
+    assert missing.json()["detail"] == "audio clip 424242 does not exist"
+    assert client.get("/api/whale/clips", headers=other).json() == {"clips": []}
+    assert redis_client.xlen(keys.jobs_stream("whale")) == queued  # nothing queued for it
+
+    # the owner lists and reads it; the other site's own upload stays apart
+    other_id = client.post(
+        "/api/whale/clips?name=pier.flac", content=flac_bytes(2.0), headers=other
+    ).json()["clip_id"]
+    listed = client.get("/api/whale/clips", headers=mine).json()["clips"]
+    assert [(c["clip_id"], c["name"], c["status"]) for c in listed] == [
+        (clip_id, "bay.flac", "done")
+    ]
+    assert listed[0]["n_detections"] == 1
+    assert client.get(f"/api/whale/clips/{clip_id}", headers=mine).json()["status"] == "done"
+    assert client.get(f"/api/whale/clips/{other_id}", headers=mine).status_code == 404
+    their_list = client.get("/api/whale/clips", headers=other).json()["clips"]
+    assert [(c["clip_id"], c["status"], c["n_detections"]) for c in their_list] == [
+        (other_id, "pending", None)
+    ]
+    assert client.get("/api/whale/clips").status_code == 401
+
+    # analysts see both sites' clips, with the owner, and can filter by site
+    log_in(client)
+    page = client.get("/whale").text
+    assert "bay.flac" in page and "pier.flac" in page
+    assert "Shop" in page and "Harbour watch" in page
+    only = client.get(f"/whale?site={other_world.site_id}").text
+    assert "pier.flac" in only and "bay.flac" not in only
+    clip_page = client.get(f"/whale/clips/{clip_id}").text
+    assert '<dd id="site">Shop</dd>' in clip_page

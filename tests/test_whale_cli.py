@@ -9,9 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from sqlalchemy import func, select
 
+from renderer.audio import SpectrogramConfig
+from scoring import model_store
 from scoring.database import make_engine, make_sessionmaker
 from scoring.model_store import active
+from scoring.schema import AudioClip
+from scoring.whale import train as trainer
+from scoring.whale.model import build_detector
 from server import cli
 from server.settings import Settings
 
@@ -32,6 +38,26 @@ def test_detect_without_a_model_says_so_in_one_line(
     assert cli.main(["whale", "detect", str(path)]) == 1
     out = capsys.readouterr().out.strip().splitlines()
     assert out == ["trailguard: no trained whale model; train one with: trailguard whale train"]
+
+
+def test_detect_stores_nothing_so_needs_no_site(
+    env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Clips belong to a site, but ``whale detect`` only reads a local file: no row, no --site."""
+    path = env.model_dir / "whale" / "tiny.pt"
+    cfg = trainer.TrainConfig(arch="resnet18")
+    trainer.save(path, build_detector("resnet18"), cfg, SpectrogramConfig(), {"threshold": 0.5})
+    sessions = make_sessionmaker(make_engine(env.database_url))
+    with sessions() as session, session.begin():
+        model_store.register(session, pipeline="whale", path=path, version="tiny", threshold=0.5)
+    rec = tmp_path / "rec.wav"
+    sf.write(str(rec), np.zeros(40_000, dtype=np.float32), 10_000)
+    assert cli.main(["whale", "detect", str(rec)]) == 0
+    assert "windows" in capsys.readouterr().out
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(AudioClip)) == 0
+    with pytest.raises(SystemExit):  # and there is no site option to give it
+        cli.main(["whale", "detect", str(rec), "--site", "tg_x"])
 
 
 def test_synth_writes_labelled_clips_and_a_long_recording(

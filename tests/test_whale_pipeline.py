@@ -26,6 +26,7 @@ from scoring.whale import detector, synth
 from scoring.whale import train as trainer
 from scoring.whale.model import build_detector
 from scoring.worker import Worker, WorkerConfig
+from server.sites import create_site
 
 
 def write_recording(path: Path, seconds: float, seed: int = 0) -> Path:
@@ -36,11 +37,21 @@ def write_recording(path: Path, seconds: float, seed: int = 0) -> Path:
     return path
 
 
-def add_clip(sessions: sessionmaker[Session], path: Path) -> int:
+def add_site(sessions: sessionmaker[Session], name: str = "Harbour") -> int:
+    with sessions() as session, session.begin():
+        return create_site(session, name, []).site.id
+
+
+def add_clip(sessions: sessionmaker[Session], path: Path, site_id: int | None = None) -> int:
+    site = add_site(sessions) if site_id is None else site_id
     with sessions() as session, session.begin():
         info = sf.info(str(path))
         clip = AudioClip(
-            name=path.name, path=str(path), sample_rate=info.samplerate, duration_s=info.duration
+            site_id=site,
+            name=path.name,
+            path=str(path),
+            sample_rate=info.samplerate,
+            duration_s=info.duration,
         )
         session.add(clip)
         session.flush()
@@ -77,14 +88,17 @@ def make_pipeline(sessions: sessionmaker[Session], tmp_path: Path) -> WhalePipel
 def test_untrained_pipeline_streams_and_persists_once(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    clip_id = add_clip(sessions, write_recording(tmp_path / "rec.wav", 50))
+    site = add_site(sessions)
+    clip_id = add_clip(sessions, write_recording(tmp_path / "rec.wav", 50), site)
     pipe = make_pipeline(sessions, tmp_path)
     pipe.detector = detector.untrained("resnet18")
     pipe.detector.threshold = 0.0  # every window detected: one span over the whole clip
     job = Job("whale:job-1", "whale", {"clip_id": str(clip_id)})
     item = asyncio.run(pipe.decode(job))
+    assert item.site_id == site  # from the clip row, not from the job's fields
     result = pipe.process(item)
     assert result["untrained"] is True and result["model_version_id"] is None
+    assert result["site_id"] == site
     assert len(result["windows"]) == 25  # 1.92 s hops; the 25th ends with the audio
     assert result["windows"][-1]["end_s"] == pytest.approx(50.0, abs=0.01)
     best = max(w["score"] for w in result["windows"])
@@ -135,8 +149,11 @@ def test_bad_jobs_fail_permanently(sessions: sessionmaker[Session], tmp_path: Pa
     assert e.value.code == "clip_not_found"
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF but not really")
+    site = add_site(sessions)
     with sessions() as session, session.begin():
-        session.add(AudioClip(name="b", path=str(broken), sample_rate=10_000, duration_s=1.0))
+        session.add(
+            AudioClip(site_id=site, name="b", path=str(broken), sample_rate=10_000, duration_s=1.0)
+        )
     with sessions() as session:
         bad_id = session.scalars(select(AudioClip.id)).one()
     with pytest.raises(InvalidAudio) as e:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 18:34:37.782113
+Create Date: 2026-11-29 19:45:14.768471
 """
 
 from collections.abc import Sequence
@@ -33,21 +33,6 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_analysts")),
         sa.UniqueConstraint("email", name=op.f("uq_analysts_email")),
-    )
-    op.create_table(
-        "audio_clips",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("name", sa.String(length=500), nullable=False),
-        sa.Column("path", sa.String(length=1000), nullable=False),
-        sa.Column("sample_rate", sa.Integer(), nullable=False),
-        sa.Column("duration_s", sa.Float(), nullable=False),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("(CURRENT_TIMESTAMP)"),
-            nullable=False,
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_audio_clips")),
     )
     op.create_table(
         "job_failures",
@@ -105,6 +90,28 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("accounts", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_accounts_site_id"), ["site_id"], unique=False)
+
+    op.create_table(
+        "audio_clips",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("site_id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=500), nullable=False),
+        sa.Column("path", sa.String(length=1000), nullable=False),
+        sa.Column("sample_rate", sa.Integer(), nullable=False),
+        sa.Column("duration_s", sa.Float(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("(CURRENT_TIMESTAMP)"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["site_id"], ["sites.id"], name=op.f("fk_audio_clips_site_id_sites"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audio_clips")),
+    )
+    with op.batch_alter_table("audio_clips", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_audio_clips_site_id"), ["site_id"], unique=False)
 
     op.create_table(
         "policy_changes",
@@ -540,12 +547,15 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_policy_changes_site_id"))
 
     op.drop_table("policy_changes")
+    with op.batch_alter_table("audio_clips", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_audio_clips_site_id"))
+
+    op.drop_table("audio_clips")
     with op.batch_alter_table("accounts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_accounts_site_id"))
 
     op.drop_table("accounts")
     op.drop_table("sites")
     op.drop_table("job_failures")
-    op.drop_table("audio_clips")
     op.drop_table("analysts")
     # ### end Alembic commands ###

@@ -4,7 +4,9 @@ Recordings can be hours long, so :meth:`WhalePipeline.process` streams them chun
 instead of rendering every window at once; ``render``/``score`` serve short items and tests.
 The result is a :class:`ClipAnalysis` row (keyed by the job id, so a retried job writes
 nothing twice) with one :class:`Detection` row per merged span, plus an overview spectrogram
-saved as ``data_dir/whale/overview/<clip id>.npy`` for the review pages.
+saved as ``data_dir/whale/overview/<clip id>.npy`` for the review pages. The item and the
+result carry the clip's owning site (``site_id``), read from the clip row rather than trusted
+from the job's fields, so whatever acts on a result knows whose recording it was.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from scoring.whale import audio_io, detector
 @dataclass(frozen=True)
 class ClipItem:
     clip_id: int
+    site_id: int
     path: Path
 
 
@@ -67,9 +70,9 @@ class WhalePipeline(Pipeline):
             row = session.get(AudioClip, clip_id)
             if row is None:
                 raise InvalidAudio(f"audio clip {clip_id} does not exist", "clip_not_found")
-            path = Path(row.path)
+            path, site_id = Path(row.path), row.site_id
         audio_io.probe(path)  # a corrupt or vanished file is a permanent failure, found early
-        return ClipItem(clip_id, path)
+        return ClipItem(clip_id, site_id, path)
 
     def render(self, item: ClipItem) -> torch.Tensor:
         """Every window of a (short) clip at once; long clips go through :meth:`process`."""
@@ -120,6 +123,7 @@ class WhalePipeline(Pipeline):
         det = self._detector()
         return {
             "clip_id": item.clip_id,
+            "site_id": item.site_id,
             "threshold": det.threshold,
             "windows": windows,
             "detections": detections,

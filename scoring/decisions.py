@@ -277,16 +277,20 @@ class LiveDirectory:
         self, redis: aioredis.Redis, site: Site, external: str, since: float
     ) -> list[Page]:
         """Live pages of ``external`` on ``site`` active since ``since`` (unix s)."""
-        if time.monotonic() - self.refreshed >= DIRECTORY_REFRESH_S:
-            async with self.lock:  # one refresh at a time; the others wait for it
-                if time.monotonic() - self.refreshed >= DIRECTORY_REFRESH_S:
-                    await self.refresh(redis)
+        await self.fresh(redis)
         out = []
         for sid in self.by_account.get((str(site.id), external), []):
             _site, _account, ua, ip = self.fields[sid]
             if self.seen[sid] >= since:
                 out.append(Page(sid, ua or "", ip or "", self.seen[sid]))
         return out
+
+    async def fresh(self, redis: aioredis.Redis) -> None:
+        """Refresh unless refreshed less than :data:`DIRECTORY_REFRESH_S` ago."""
+        if time.monotonic() - self.refreshed >= DIRECTORY_REFRESH_S:
+            async with self.lock:  # one refresh at a time; the others wait for it
+                if time.monotonic() - self.refreshed >= DIRECTORY_REFRESH_S:
+                    await self.refresh(redis)
 
     async def refresh(self, redis: aioredis.Redis) -> None:
         started = time.monotonic()

@@ -51,7 +51,11 @@ ROUTE_MODULES: list[str] = [
 # Background tasks tied to the server's life: "module:function" where
 # ``function(app: Starlette) -> AbstractAsyncContextManager[None]``; entered in order at start-up
 # (after ``app.state.services`` is set), exited in reverse order at shutdown.
-LIFESPAN_HOOKS: list[str] = ["server.collect:lifespan", "server.alerts:background_dispatch"]
+LIFESPAN_HOOKS: list[str] = [
+    "server.collect:lifespan",
+    "server.alerts:background_dispatch",
+    "server.decisions_api:prescoring",
+]
 
 
 @dataclass

@@ -21,13 +21,16 @@ The logic lives in :mod:`scoring.decisions`; this module is the HTTP layer only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
@@ -42,6 +45,7 @@ from renderer.errors import (
 )
 from scoring.decisions import DecisionContext, evaluate, mouse_model_chooser, parse_request
 from scoring.policy import Policy, admit, parse_policy
+from scoring.prescore import Prescorer
 from scoring.schema import Site
 from server.app import Services, services
 from server.siteauth import authenticate_site
@@ -63,6 +67,30 @@ def decision_context(request: Request) -> DecisionContext:
         ctx = build_context(services(request))
         request.app.state.decisions = ctx
     return ctx
+
+
+PRESCORE_SHUTDOWN_S = 10.0
+
+
+@contextlib.asynccontextmanager
+async def prescoring(app: Starlette) -> AsyncIterator[None]:
+    """Lifespan hook: the decisions' context, built at start-up, and its background
+    :class:`~scoring.prescore.Prescorer` (``TRAILGUARD_PRESCORE_WINDOWS_PER_S``; 0: none)."""
+    svc: Services = app.state.services
+    ctx = getattr(app.state, "decisions", None) or build_context(svc)
+    app.state.decisions = ctx
+    prescorer = Prescorer(ctx, svc.settings.prescore_windows_per_s)
+    app.state.prescorer = prescorer
+    if prescorer.windows_per_s <= 0:
+        yield
+        return
+    task = asyncio.create_task(prescorer.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        # a job already in a scoring thread finishes on its own; shutdown does not wait forever
+        await asyncio.wait({task}, timeout=PRESCORE_SHUTDOWN_S)
 
 
 def build_context(svc: Services) -> DecisionContext:

@@ -110,6 +110,12 @@ class Settings:
     workers: int = _setting(1, _int, "Worker processes that `trailguard run` starts.")
     worker_batch_size: int = _setting(16, _int, "Jobs one worker scores in one forward pass.")
     device: str = _setting("cpu", _str, "Torch device for scoring: cpu or cuda.")
+    prescore_windows_per_s: int = _setting(
+        100,
+        _int,
+        "Live-page windows the server pre-scores per second for decisions (0: off); "
+        "about 3 ms of CPU each.",
+    )
     log_level: str = _setting("info", _str, "Log level.")
 
     @property

@@ -110,7 +110,9 @@ class Env:
         return sid
 
 
-def _env(tmp_path: Path, db_url: str, redis_url: str) -> Iterator[Env]:
+def _env(tmp_path: Path, db_url: str, redis_url: str, prescore: int = 0) -> Iterator[Env]:
+    """``prescore``: TRAILGUARD_PRESCORE_WINDOWS_PER_S; off by default, so that what a
+    decision renders does not depend on when the background pre-scorer last ran."""
     engine = make_engine(db_url)
     with make_sessionmaker(engine)() as s:
         shop = create_site(s, "Shop", [ORIGIN])
@@ -124,6 +126,7 @@ def _env(tmp_path: Path, db_url: str, redis_url: str) -> Iterator[Env]:
         redis_url=redis_url,
         data_dir=tmp_path / "var",
         model_dir=tmp_path / "models",
+        prescore_windows_per_s=prescore,
     )
     app = create_app(settings)
     app.state.collector_config = QUIET

@@ -204,35 +204,76 @@ class MouseScorer:
         images = self.images(sanitize(events, viewport))
         return self.summarise(account, self.forward(images, self.mode_for(account)))
 
-    def live_outputs(self, clean: Cleaned, mode: str) -> tuple[torch.Tensor, int]:
-        """:meth:`forward` outputs (K, …) of the session's live windows
-        (:mod:`scoring.mouse.live`) for the network ``mode`` needs, and how many of them had to
-        be rendered and run: the others come from :attr:`window_cache`."""
+    def _live_windows(
+        self, clean: Cleaned, digest: bool = True
+    ) -> tuple[list[tuple[int, int]], list[bytes]]:
+        """Bounds and (``digest``) digests of the session's live windows
+        (:mod:`scoring.mouse.live`)."""
         if len(clean.events) < MIN_EVENTS:
             raise InvalidSession(
                 "a session needs at least two events to be scored", "too_few_events"
             )
-        prep = self.prep
-        bounds = live_bounds(len(clean.events), prep.window_events)
-        bounds = pick_evenly(bounds, prep.max_windows)
+        bounds = live_bounds(len(clean.events), self.prep.window_events)
+        return bounds, [window_digest(clean, a, b) for a, b in bounds] if digest else []
+
+    def _run_windows(
+        self, clean: Cleaned, bounds: list[tuple[int, int]], digests: list[bytes], mode: str
+    ) -> list[np.ndarray]:
+        """Render and run the windows ``bounds`` for ``mode``'s network; cache the outputs."""
+        size = (self.prep.size, self.prep.size)
+        images = np.stack(
+            [draw_channels(Cleaned(clean.events[a:b], clean.viewport), size) for a, b in bounds]
+        )
+        fresh = self.forward(torch.from_numpy(images), mode).numpy()
+        rows = []
+        for digest, row in zip(digests, fresh, strict=True):
+            row = row.copy()  # not a view: an evicted row must not pin its whole batch
+            self.window_cache.put(mode, digest, row)
+            rows.append(row)
+        return rows
+
+    def live_outputs(self, clean: Cleaned, mode: str) -> tuple[torch.Tensor, int]:
+        """:meth:`forward` outputs (K, …) of the session's live windows
+        (:mod:`scoring.mouse.live`) for the network ``mode`` needs, and how many of them had to
+        be rendered and run: the others come from :attr:`window_cache`."""
+        bounds, _ = self._live_windows(clean, digest=False)
+        bounds = pick_evenly(bounds, self.prep.max_windows)
         digests = [window_digest(clean, a, b) for a, b in bounds]
         rows = [self.window_cache.get(mode, d) for d in digests]
         todo = [i for i, row in enumerate(rows) if row is None]
         if todo:
-            size = (prep.size, prep.size)
-            images = np.stack(
-                [
-                    draw_channels(Cleaned(clean.events[a:b], clean.viewport), size)
-                    for a, b in (bounds[i] for i in todo)
-                ]
+            fresh = self._run_windows(
+                clean, [bounds[i] for i in todo], [digests[i] for i in todo], mode
             )
-            fresh = self.forward(torch.from_numpy(images), mode).numpy()
             for i, row in zip(todo, fresh, strict=True):
-                row = row.copy()  # not a view: an evicted row must not pin its whole batch
-                self.window_cache.put(mode, digests[i], row)
                 rows[i] = row
         filled = [row for row in rows if row is not None]  # all of them by now
         return torch.from_numpy(np.stack(filled)), len(todo)
+
+    def prescore_live(
+        self,
+        events: np.ndarray,
+        viewport: tuple[float, float],
+        account: str | None = None,
+        limit: int = 8,
+    ) -> tuple[int, int]:
+        """Score a growing session's *complete* windows (every live window but the last, which
+        can still change) that are not cached yet, at most ``limit`` of them, so that a later
+        :meth:`score_live` finds them in :attr:`window_cache`. Returns (rendered, still to do).
+        Every complete window is scored, not only those :func:`pick_evenly` would pick today:
+        which ones it picks depends on the session's final length."""
+        mode = self.mode_for(account)
+        if mode not in ("owner", "group"):
+            return 0, 0
+        clean = sanitize(events, viewport)
+        if len(clean.events) < MIN_EVENTS:
+            return 0, 0
+        bounds, digests = self._live_windows(clean)
+        todo = [i for i in range(len(bounds) - 1) if not self.window_cache.has(mode, digests[i])]
+        now = todo[: max(0, limit)]
+        if now:
+            self._run_windows(clean, [bounds[i] for i in now], [digests[i] for i in now], mode)
+        return len(now), len(todo) - len(now)
 
     def score_live(
         self, events: np.ndarray, viewport: tuple[float, float], account: str | None = None
@@ -297,3 +338,9 @@ class AccountScorer:
 
     def score_events(self, events: np.ndarray, viewport: tuple[float, float]) -> LiveScore:
         return self.scorer.score_live(events, viewport, self.account)
+
+    def prescore_events(
+        self, events: np.ndarray, viewport: tuple[float, float], limit: int
+    ) -> tuple[int, int]:
+        """:meth:`MouseScorer.prescore_live` for this account: (rendered, still to do)."""
+        return self.scorer.prescore_live(events, viewport, self.account, limit)

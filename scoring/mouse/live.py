@@ -94,6 +94,11 @@ class WindowCache:
             self.hits += 1
             return row
 
+    def has(self, network: str, digest: bytes) -> bool:
+        """Whether a window is cached, without counting a hit or miss or refreshing it."""
+        with self._lock:
+            return (network, digest) in self._rows
+
     def put(self, network: str, digest: bytes, row: np.ndarray) -> None:
         with self._lock:
             self._rows[(network, digest)] = row

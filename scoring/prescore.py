@@ -1,0 +1,228 @@
+"""Pre-scoring: score a live page's windows while the visit goes on, so a decision scores only
+the tail.
+
+A first decision on a one-minute page renders and runs about ten windows (35–45 ms of CPU);
+fifty of those a second need two cores. But a window, once complete, never changes
+(:mod:`scoring.mouse.live`), so it can be scored any time before the decision. About once a
+second :class:`Prescorer` looks at the live pages of the process's
+:class:`~scoring.decisions.LiveDirectory`, takes those whose sample count grew by at least one
+window since it last looked, snapshots them and scores their complete windows into the loaded
+scorer's window cache, the one the decision path reads: the decision path is unchanged, it
+just finds cache hits.
+
+It must never starve decisions:
+
+- a budget of windows per second (``TRAILGUARD_PRESCORE_WINDOWS_PER_S``; 0 disables), at most
+  :data:`PER_JOB` windows per job, so a job holds a scoring slot for a few milliseconds only;
+- the network runs in the decisions' own thread pool under the same scoring slots, and only
+  when a slot is free *and no decision waits for one*; otherwise the rest of the tick is
+  skipped (pre-scoring is an optimisation: a skipped window is scored by the decision);
+- it yields to the event loop between pages;
+- a page whose pre-scoring fails is logged and left alone until it grows again; it never
+  affects another page or a decision.
+
+The cache is the process's: a decision served by another server process finds nothing there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from scoring import keys
+from scoring.decisions import MODEL_RECHECK_S, DecisionContext, _text, snapshot
+from scoring.schema import Account
+
+log = logging.getLogger(__name__)
+
+WINDOW_EVENTS = 400
+"""Growth (samples) that can complete a window: the production scorer's window length."""
+PER_JOB = 4
+"""Windows per job at most: how long a decision can find one scoring slot taken (~12 ms)."""
+INTERVAL_S = 1.0
+
+
+@dataclass
+class PrescoreStats:
+    """What pre-scoring did so far (for the benchmark and the logs)."""
+
+    ticks: int = 0
+    ticks_skipped: int = 0
+    """Ticks cut short because decisions were waiting for a scoring slot."""
+    pages: int = 0
+    windows: int = 0
+    errors: int = 0
+    backlog: int = 0
+    """Pages due at the end of the last tick that it did not get to (budget or decisions)."""
+    job_cpu_s: float = 0.0
+    """CPU of the scoring jobs (render + network) in the scoring threads."""
+    loop_s: float = 0.0
+    """Time on the event loop: snapshots, sample counts, bookkeeping (awaits excluded)."""
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _account_id(sessions: sessionmaker[Session], site_id: str, external: str) -> int | None:
+    with sessions() as db:
+        found = db.scalar(
+            select(Account.id).where(
+                Account.site_id == int(site_id), Account.external_id == external
+            )
+        )
+        return int(found) if found is not None else None
+
+
+def _job(scorer: Any, data: Any, limit: int) -> tuple[int, int, float]:
+    t0 = time.thread_time()
+    rendered, left = scorer.prescore_events(data.events, data.viewport, limit)
+    return int(rendered), int(left), time.thread_time() - t0
+
+
+@dataclass
+class Prescorer:
+    """The background pre-scorer of one server process (see the module docstring)."""
+
+    ctx: DecisionContext
+    windows_per_s: int
+    window_events: int = WINDOW_EVENTS
+    stats: PrescoreStats = field(default_factory=PrescoreStats)
+    done: dict[str, int] = field(default_factory=dict)
+    """sid → its sample count when its complete windows were last all scored."""
+    accounts: dict[tuple[str, str], tuple[float, int | None]] = field(default_factory=dict)
+
+    async def run(self) -> None:
+        """Tick every :data:`INTERVAL_S` until cancelled."""
+        while True:
+            started = time.monotonic()
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the job boundary: log, keep running
+                log.exception("pre-scoring tick failed")
+            await asyncio.sleep(max(0.1, INTERVAL_S - (time.monotonic() - started)))
+
+    def _busy(self) -> bool:
+        return self.ctx.waiting > 0 or self.ctx.scoring_slots.locked()
+
+    async def tick(self) -> int:
+        """One round: pre-score the due pages within the budget; returns windows rendered."""
+        if self.windows_per_s <= 0:
+            return 0
+        self.stats.ticks += 1
+        if self.ctx.waiting > 0:
+            self.stats.ticks_skipped += 1
+            return 0
+        due = await self.due_pages()
+        budget, rendered = self.windows_per_s * INTERVAL_S, 0
+        for i, (sid, count) in enumerate(due):
+            if rendered >= budget or self._busy():
+                if rendered < budget:
+                    self.stats.ticks_skipped += 1
+                self.stats.backlog = len(due) - i
+                return rendered
+            rendered += await self.page(sid, count, int(budget - rendered))
+            await asyncio.sleep(0)  # let requests in between pages
+        self.stats.backlog = 0
+        return rendered
+
+    async def due_pages(self) -> list[tuple[str, int]]:
+        """(sid, sample count) of live pages grown by a window since last done, most first."""
+        redis = self.ctx.redis
+        await self.ctx.directory.fresh(redis)
+        t0 = time.thread_time()
+        sids = list(self.ctx.directory.seen)
+        for gone in set(self.done) - set(sids):
+            del self.done[gone]
+        async with redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hget(keys.session_meta(sid), "n_samples")
+            t1 = time.thread_time()
+            counts = await pipe.execute() if sids else []
+            t0 += time.thread_time() - t1
+        # nothing is complete before 1.5 windows (the tail joins the last block until then)
+        first = self.window_events // 2
+        due = []
+        for sid, raw in zip(sids, counts, strict=True):
+            n = int(_text(raw)) if raw is not None else 0
+            if n - self.done.get(sid, first) >= self.window_events:
+                due.append((sid, n))
+        due.sort(key=lambda d: d[1] - self.done.get(d[0], 0), reverse=True)
+        self.stats.loop_s += time.thread_time() - t0
+        return due
+
+    async def page(self, sid: str, count: int, budget: int) -> int:
+        """Pre-score one page; every failure stays inside this page."""
+        try:
+            return await self._page(sid, count, budget)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the job boundary: one page's trouble never reaches another's
+            log.exception("pre-scoring page %s failed", sid)
+            self.stats.errors += 1
+            self.done[sid] = count  # not again until it grows by another window
+            return 0
+
+    async def _page(self, sid: str, count: int, budget: int) -> int:
+        scorer = await self._scorer_for(sid)
+        if scorer is None:  # no model would score it: nothing to prepare
+            self.done[sid] = count
+            return 0
+        data = await snapshot(self.ctx.redis, sid)
+        if data is None:
+            self.done.pop(sid, None)
+            return 0
+        rendered = 0
+        while rendered < budget and not self._busy():  # a decision waiting goes first
+            done, left = await self._job(scorer, data, min(PER_JOB, budget - rendered))
+            rendered += done
+            if left == 0:
+                self.done[sid] = count
+                break
+            await asyncio.sleep(0)  # between jobs too: a job holds a slot ~PER_JOB windows
+        self.stats.pages += 1
+        return rendered
+
+    async def _job(self, scorer: Any, data: Any, limit: int) -> tuple[int, int]:
+        """Up to ``limit`` windows in a scoring thread, holding a scoring slot (free: the
+        caller checked, and nothing awaits in between)."""
+        await self.ctx.scoring_slots.acquire()
+        try:
+            loop = asyncio.get_running_loop()
+            rendered, left, cpu = await loop.run_in_executor(
+                self.ctx.scoring_pool, _job, scorer, data, limit
+            )
+        finally:
+            self.ctx.scoring_slots.release()
+        self.stats.job_cpu_s += cpu
+        self.stats.windows += rendered
+        return rendered, left
+
+    async def _scorer_for(self, sid: str) -> Any:
+        """The scorer a decision on this page would use, or None: the same model chooser."""
+        site_id, external, _ua, _ip = self.ctx.directory.fields.get(sid) or [None] * 4
+        if site_id is None:
+            return None
+        account_id = await self._account(site_id, external) if external else None
+        choice = await asyncio.to_thread(self.ctx.choose_model, account_id)
+        if choice.kind not in ("account", "group") or choice.scorer is None:
+            return None
+        return choice.scorer if hasattr(choice.scorer, "prescore_events") else None
+
+    async def _account(self, site_id: str, external: str) -> int | None:
+        now = time.monotonic()
+        hit = self.accounts.get((site_id, external))
+        if hit is not None and now - hit[0] < MODEL_RECHECK_S:
+            return hit[1]
+        if len(self.accounts) > 100_000:
+            self.accounts.clear()
+        found = await asyncio.to_thread(_account_id, self.ctx.sessions, site_id, external)
+        self.accounts[(site_id, external)] = (now, found)
+        return found

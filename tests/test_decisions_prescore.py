@@ -1,0 +1,164 @@
+"""Pre-scoring (scoring/prescore.py): live pages' complete windows are scored during the visit,
+so a decision renders only the tail. Real Redis, real database, pages through /collect, the
+app's own pre-scorer (its ticks called directly here, except in the lifespan test)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from test_decision_support import human_path, move_frames
+from test_decisions_api import Env, _env
+
+from scoring import prescore, session_store
+from scoring.mouse.inference import MouseScorer
+from scoring.prescore import Prescorer
+from server.settings import load_settings
+
+
+@pytest.fixture
+def env(tmp_path: Path, migrated_database_url: str, redis_url: str) -> Iterator[Env]:
+    """SQLite and PostgreSQL; the background pre-scorer off (ticks are called by the test)."""
+    yield from _env(tmp_path, migrated_database_url, redis_url)
+
+
+@pytest.fixture
+def quick(tmp_path: Path, sqlite_url: str, redis_url: str) -> Iterator[Env]:
+    yield from _env(tmp_path, sqlite_url, redis_url)
+
+
+def _prescorer(env: Env, windows_per_s: int) -> Prescorer:
+    p: Prescorer = env.client.app.state.prescorer  # type: ignore[attr-defined]
+    p.windows_per_s = windows_per_s
+    return p
+
+
+def _tick(env: Env, p: Prescorer) -> int:
+    """One tick on the app's own event loop (its locks and pool belong to that loop)."""
+    assert env.client.portal is not None
+    return int(env.client.portal.call(p.tick))
+
+
+def _scorer(env: Env) -> MouseScorer:
+    return env.client.app.state.decisions.choose_model(None).scorer.scorer  # type: ignore[attr-defined, no-any-return]
+
+
+def _page(env: Env, account: str, n: int, seed: int) -> str:
+    return env.send("shop", account, move_frames(human_path(n, seed=seed)))
+
+
+def test_a_decision_after_prescoring_renders_only_the_tail(env: Env, redis_url: str) -> None:
+    env.add_account("shop", "alice")
+    env.train(["alice", "bob"])
+    sid = _page(env, "alice", 2400, seed=7)
+    p = _prescorer(env, 1000)
+    rendered = _tick(env, p)
+    scorer = _scorer(env)
+    assert rendered >= 2 and len(scorer.window_cache) == rendered
+    assert _tick(env, p) == 0  # nothing grew: nothing due, nothing rendered again
+    answer = env.decide({"session_id": sid, "action": "checkout"}).json()
+    details = env.details(answer["decision_id"])
+    # every complete window came from the cache: only the last (still open) one was rendered
+    assert details["windows"] == rendered + 1 and details["windows_rendered"] == 1
+    assert answer["reasons"][-1] == "account_model"
+    # the cache never changes a score: a scorer without one gives the same
+    data = asyncio.run(_read(redis_url, sid))
+    fresh = MouseScorer(env.sessions(), env.model_dir)
+    risk, _windows = fresh.score_events(data.events, data.viewport, "alice")
+    assert answer["score"] == pytest.approx(risk, abs=1e-6)
+
+
+def test_prescoring_scores_complete_windows_only(quick: Env) -> None:
+    quick.train(["alice", "bob"])
+    sid = _page(quick, "", 1400, seed=3)  # an anonymous page: the group model's
+    p = _prescorer(quick, 1000)
+    rendered = _tick(quick, p)
+    answer = quick.decide({"session_id": sid, "action": "login"}).json()
+    details = quick.details(answer["decision_id"])
+    assert rendered == details["windows"] - 1 >= 1 and details["windows_rendered"] == 1
+    assert p.stats.windows == rendered and p.stats.errors == 0 and p.stats.backlog == 0
+
+
+def test_the_budget_is_respected_and_the_rest_comes_next_tick(quick: Env) -> None:
+    quick.train(["alice", "bob"])
+    for seed in (1, 2):
+        _page(quick, "", 2400, seed=seed)
+    p = _prescorer(quick, 3)
+    assert _tick(quick, p) == 3 and p.stats.backlog >= 1  # 3 of about 10 complete windows
+    total = 3
+    for _ in range(10):
+        step = _tick(quick, p)
+        assert step <= 3
+        total += step
+    assert total == len(_scorer(quick).window_cache) >= 8 and p.stats.backlog == 0
+
+
+def test_zero_disables_prescoring(quick: Env) -> None:
+    assert load_settings({"TRAILGUARD_PRESCORE_WINDOWS_PER_S": "0"}).prescore_windows_per_s == 0
+    assert load_settings({}).prescore_windows_per_s > 0
+    quick.train(["alice", "bob"])
+    sid = _page(quick, "", 1400, seed=3)
+    p = _prescorer(quick, 0)
+    assert _tick(quick, p) == 0 and p.stats.ticks == 0
+    details = quick.details(
+        quick.decide({"session_id": sid, "action": "login"}).json()["decision_id"]
+    )
+    assert details["windows_rendered"] == details["windows"] >= 2  # nothing was pre-scored
+
+
+def test_a_tick_waits_while_decisions_wait_for_a_scoring_slot(quick: Env) -> None:
+    quick.train(["alice", "bob"])
+    _page(quick, "", 1400, seed=3)
+    p = _prescorer(quick, 1000)
+    p.ctx.waiting = 1
+    assert _tick(quick, p) == 0 and p.stats.ticks_skipped == 1
+    p.ctx.waiting = 0
+    assert _tick(quick, p) >= 1
+
+
+def test_a_failing_page_does_not_stop_the_others(
+    quick: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quick.train(["alice", "bob"])
+    bad = _page(quick, "", 1400, seed=3)
+    good = _page(quick, "", 1400, seed=4)
+    real = prescore.snapshot
+
+    async def broken(redis: Any, sid: str) -> Any:
+        if sid == bad:
+            raise RuntimeError("a page that cannot be read")
+        return await real(redis, sid)
+
+    monkeypatch.setattr(prescore, "snapshot", broken)
+    p = _prescorer(quick, 1000)
+    assert _tick(quick, p) >= 1 and p.stats.errors == 1 and p.stats.pages == 1
+    assert good in p.done and bad in p.done  # the bad one waits until it grows again
+    assert _tick(quick, p) == 0 and p.stats.errors == 1
+    # and a decision on the bad page still works: pre-scoring never touches a decision
+    assert quick.decide({"session_id": bad, "action": "login"}).status_code == 200
+
+
+def test_the_background_task_runs_from_the_apps_lifespan(
+    tmp_path: Path, sqlite_url: str, redis_url: str
+) -> None:
+    for env in _env(tmp_path, sqlite_url, redis_url, prescore=100):
+        env.train(["alice", "bob"])
+        _page(env, "", 1400, seed=3)
+        p: Prescorer = env.client.app.state.prescorer  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 15
+        while p.stats.windows == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert p.stats.windows >= 1 and p.stats.ticks >= 1
+
+
+async def _read(redis_url: str, sid: str) -> session_store.SessionData:
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        return await session_store.read_session(r, sid)
+    finally:
+        await r.aclose()

@@ -14,9 +14,9 @@ Answer 200::
   (admins get all of it, with the traceback's tail).
 - ``queued``: still in its jobs stream, waiting or being retried (``attempts`` so far).
 
-A mouse job belongs to the site of its page session: another site gets 404, as for an unknown
-job. Pump cards and audio clips carry no site in the schema, so any authenticated site that
-knows such a job id (a random 128-bit token) may read it. Errors are JSON
+A job belongs to the site of its subject: a mouse job's page session, a pump job's card, a
+whale job's audio clip. Another site gets 404, as for an unknown job; so does any site for a
+job whose subject cannot be found (only an admin sees those). Errors are JSON
 ``{"error": code, "message": …}``: 401 no or wrong credentials, 404 unknown job, 503 a store
 is down.
 """
@@ -41,11 +41,13 @@ from starlette.routing import BaseRoute, Route
 from renderer.errors import AccessDenied
 from scoring import keys
 from scoring.schema import (
+    AudioClip,
     Base,
     ClipAnalysis,
     Detection,
     JobFailure,
     PageSession,
+    PumpCard,
     PumpDiagnosis,
     Score,
     Site,
@@ -60,6 +62,8 @@ RESULT_TABLES: dict[str, type[Score] | type[PumpDiagnosis] | type[ClipAnalysis]]
     "pump": PumpDiagnosis,
     "whale": ClipAnalysis,
 }
+SUBJECT_FIELDS = ("session_id", "card_pk", "clip_id")
+"""The payload field naming each pipeline's subject (mouse, pump, whale)."""
 SCAN_PAGE = 500
 MAX_SCAN = 20_000
 """Stream entries examined to find a queued job; past that a backlog answers 404."""
@@ -73,8 +77,9 @@ class JobView:
     result: dict[str, Any] | None = None
     error: str | None = None
     attempts: int | None = None
-    session_id: str | None = None
-    """The page session of a mouse job: decides which site may see it."""
+    subject: tuple[str, str] | None = None
+    """What the job was about, ``(field, value)`` as in its payload (``session_id``,
+    ``card_pk`` or ``clip_id``): its site decides which site may see the job."""
 
     def body(self, full_error: bool) -> dict[str, Any]:
         error = self.error if full_error or self.error is None else self.error.splitlines()[0]
@@ -119,8 +124,7 @@ def stored_job(session: Session, job_id: str) -> JobView | None:
         if isinstance(row, ClipAnalysis):
             detections = session.scalars(select(Detection).where(Detection.analysis_id == row.id))
             result["detections"] = [row_dict(d) for d in detections]
-        session_id = row.session_id if isinstance(row, Score) else None
-        return JobView(job_id, pipeline, "done", result=result, session_id=session_id)
+        return JobView(job_id, pipeline, "done", result=result, subject=_subject(result))
     failure = session.scalar(select(JobFailure).where(JobFailure.job_id == job_id))
     if failure is None:
         return None
@@ -130,8 +134,15 @@ def stored_job(session: Session, job_id: str) -> JobView | None:
         "failed",
         error=failure.error,
         attempts=failure.attempts,
-        session_id=(failure.payload or {}).get("session_id"),
+        subject=_subject(failure.payload or {}),
     )
+
+
+def _subject(fields: dict[str, Any]) -> tuple[str, str] | None:
+    for name in SUBJECT_FIELDS:
+        if fields.get(name) is not None:
+            return name, str(fields[name])
+    return None
 
 
 async def queued_job(redis: aioredis.Redis, job_id: str) -> JobView | None:
@@ -144,13 +155,13 @@ async def queued_job(redis: aioredis.Redis, job_id: str) -> JobView | None:
             entries: Any = await redis.xrange(stream, min=start, count=SCAN_PAGE)
             for _entry_id, fields in entries:
                 if _text(fields.get(b"job_id", b"")) == job_id:
-                    sid = fields.get(b"session_id")
+                    payload = {_text(k): _text(v) for k, v in fields.items()}
                     return JobView(
                         job_id,
                         pipeline,
                         "queued",
                         attempts=int(attempts) if attempts is not None else 0,
-                        session_id=_text(sid) if sid else None,
+                        subject=_subject(payload),
                     )
             if len(entries) < SCAN_PAGE:
                 break
@@ -184,25 +195,36 @@ async def _is_admin(request: Request) -> bool:
     return analyst is not None and analyst.role == "admin"
 
 
-async def _site_of_session(request: Request, session_id: str) -> int | None:
+def _site_in_db(session: Session, field: str, value: str) -> int | None:
+    if field == "session_id":
+        row: PageSession | PumpCard | AudioClip | None = session.get(PageSession, value)
+    elif not value.isdigit():
+        return None
+    else:
+        table = PumpCard if field == "card_pk" else AudioClip
+        row = session.get(table, int(value))
+    return row.site_id if row is not None else None
+
+
+async def _site_of(request: Request, subject: tuple[str, str]) -> int | None:
     svc = services(request)
 
     def from_db() -> int | None:
         with svc.sessions() as session:
-            row = session.get(PageSession, session_id)
-            return row.site_id if row is not None else None
+            return _site_in_db(session, *subject)
 
     site_id = await run_in_threadpool(from_db)
-    if site_id is None:
-        raw = await svc.redis.hget(keys.session_meta(session_id), "site_id")
+    field, value = subject
+    if site_id is None and field == "session_id":  # a live session: only Redis knows it yet
+        raw = await svc.redis.hget(keys.session_meta(value), "site_id")
         site_id = int(raw) if raw and raw.isdigit() else None
     return site_id
 
 
 async def _may_see(request: Request, view: JobView, site: Site) -> bool:
-    if view.session_id is None:
-        return True
-    return await _site_of_session(request, view.session_id) == site.id
+    if view.subject is None:
+        return False
+    return await _site_of(request, view.subject) == site.id
 
 
 async def _find(request: Request, job_id: str) -> JobView | None:
@@ -224,7 +246,7 @@ async def get_job(request: Request) -> JSONResponse:
             return _error(401, "unauthorized", "send the site key and secret, or log in as admin")
         view = await _find(request, job_id)
         if view is not None and site is not None and not await _may_see(request, view, site):
-            view = None  # another site's session: as good as unknown
+            view = None  # another site's job: as good as unknown
     except AccessDenied as e:
         return _error(401, "unauthorized", str(e))
     except (RedisError, SQLAlchemyError) as e:

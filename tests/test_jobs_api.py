@@ -22,7 +22,7 @@ from test_worker_pipeline import NAME, enqueue
 
 from scoring import jobs, keys
 from scoring.database import make_engine, make_sessionmaker
-from scoring.schema import PageSession, Score
+from scoring.schema import AudioClip, PageSession, PumpCard, PumpDiagnosis, Score, Site
 from scoring.worker import WorkerConfig
 from server.app import create_app
 from server.auth import add_analyst
@@ -140,6 +140,49 @@ def test_queued_job_is_reported_queued_and_unknown_jobs_404(
     assert client.get(f"/api/v1/jobs/{job}", headers=world.other_auth).status_code == 404
     unknown = client.get("/api/v1/jobs/mouse:0123456789abcdef", headers=world.auth)
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_job"
+
+
+def _pump_card_and_clip(world: World) -> tuple[int, int]:
+    """A pump card and an audio clip of the first site ("shop")."""
+    with world.sessions() as s, s.begin():
+        site_id = s.query(Site.id).filter_by(name="shop").scalar()
+        card = PumpCard(site_id=site_id, card_id="c1", n_points=3, points=[[0, 0], [1, 1]])
+        clip = AudioClip(
+            site_id=site_id, name="a.wav", path="a.wav", sample_rate=2000, duration_s=1
+        )
+        s.add_all([card, clip])
+        s.flush()
+        return card.id, clip.id
+
+
+def test_pump_and_whale_jobs_show_only_to_the_site_owning_the_card_or_clip(
+    world: World, client: TestClient, redis_url: str
+) -> None:
+    card_pk, clip_id = _pump_card_and_clip(world)
+
+    async def submit() -> list[str]:
+        r = aioredis.Redis.from_url(redis_url)
+        try:
+            return [
+                await jobs.enqueue(r, "pump", {"card_pk": str(card_pk)}),
+                await jobs.enqueue(r, "whale", {"clip_id": str(clip_id)}),
+                await jobs.enqueue(r, "whale", {"clip_id": "999999"}),  # no such clip
+            ]
+        finally:
+            await r.aclose()
+
+    pump_job, whale_job, orphan = asyncio.run(submit())
+    for job in (pump_job, whale_job):
+        assert client.get(f"/api/v1/jobs/{job}", headers=world.auth).json()["status"] == "queued"
+        assert client.get(f"/api/v1/jobs/{job}", headers=world.other_auth).status_code == 404
+    # a job whose subject is gone belongs to no site: only an admin may look at it
+    assert client.get(f"/api/v1/jobs/{orphan}", headers=world.auth).status_code == 404
+
+    with world.sessions() as s, s.begin():
+        s.add(PumpDiagnosis(job_id="pump:done1", card_pk=card_pk, mode="normal", confidence=0.9))
+    done = client.get("/api/v1/jobs/pump:done1", headers=world.auth).json()
+    assert done["status"] == "done" and done["result"]["card_pk"] == card_pk
+    assert client.get("/api/v1/jobs/pump:done1", headers=world.other_auth).status_code == 404
 
 
 def test_failed_job_shows_its_error_briefly_to_sites_and_fully_to_admins(

@@ -196,13 +196,15 @@ async def _is_admin(request: Request) -> bool:
 
 
 def _site_in_db(session: Session, field: str, value: str) -> int | None:
+    row: PageSession | PumpCard | AudioClip | None
     if field == "session_id":
-        row: PageSession | PumpCard | AudioClip | None = session.get(PageSession, value)
+        row = session.get(PageSession, value)
     elif not value.isdigit():
         return None
+    elif field == "card_pk":
+        row = session.get(PumpCard, int(value))
     else:
-        table = PumpCard if field == "card_pk" else AudioClip
-        row = session.get(table, int(value))
+        row = session.get(AudioClip, int(value))
     return row.site_id if row is not None else None
 
 

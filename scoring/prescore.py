@@ -63,7 +63,10 @@ class PrescoreStats:
     job_cpu_s: float = 0.0
     """CPU of the scoring jobs (render + network) in the scoring threads."""
     loop_s: float = 0.0
-    """Time on the event loop: snapshots, sample counts, bookkeeping (awaits excluded)."""
+    """CPU on the event loop for the sample counts and bookkeeping (awaits excluded)."""
+    snapshot_s: float = 0.0
+    """Wall time of the pages' snapshots (Redis script + unpacking; an upper bound of their
+    CPU on the loop)."""
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -175,7 +178,9 @@ class Prescorer:
         if scorer is None:  # no model would score it: nothing to prepare
             self.done[sid] = count
             return 0
+        t0 = time.perf_counter()
         data = await snapshot(self.ctx.redis, sid)
+        self.stats.snapshot_s += time.perf_counter() - t0
         if data is None:
             self.done.pop(sid, None)
             return 0

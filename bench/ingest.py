@@ -8,7 +8,9 @@ database, then, one after the other, two single-process uvicorn servers:
 1. a bare Starlette WebSocket endpoint that echoes every message (the baseline), and
 2. TrailGuard's ``/collect`` (decode, validate, dedupe, append to Redis, ack).
 
-This process plays the pages: each opens a WebSocket, sends its hello, then one frame of
+The server under test reads ``TRAILGUARD_*`` settings from this environment (e.g.
+``TRAILGUARD_PRESCORE_WINDOWS_PER_S=0``). This process plays the pages: each opens a
+WebSocket, sends its hello, then one frame of
 ``rate_hz / 4`` samples every 250 ms for ``--seconds`` (the last frame carries the
 end-of-page record), and times each acknowledgement. Printed: samples/s stored in Redis,
 p50/p99 ack latency, server CPU (fraction of one core), server memory per connection,
@@ -84,7 +86,7 @@ def trailguard_app(database_url: str, redis_url: str):  # type: ignore[no-untype
     from server.app import create_app
     from server.settings import load_settings
 
-    settings = load_settings({}, database_url=database_url, redis_url=redis_url)
+    settings = load_settings(os.environ, database_url=database_url, redis_url=redis_url)
     return create_app(settings)
 
 

@@ -99,6 +99,10 @@ class Prescorer:
     done: dict[str, int] = field(default_factory=dict)
     """sid → its sample count when its complete windows were last all scored."""
     accounts: dict[tuple[str, str], tuple[float, int | None]] = field(default_factory=dict)
+    scorers: dict[tuple[str, str], tuple[float, Any]] = field(default_factory=dict)
+    """(site, account) → the scorer its pages get, or None: asked of the model chooser (in a
+    thread) once per :data:`MODEL_RECHECK_S`, not once per page per tick — with thousands of
+    live pages and no model to score them, the asking was the pre-scorer's whole cost."""
 
     async def run(self) -> None:
         """Tick every :data:`INTERVAL_S` until cancelled."""
@@ -215,11 +219,19 @@ class Prescorer:
         site_id, external, _ua, _ip = self.ctx.directory.fields.get(sid) or [None] * 4
         if site_id is None:
             return None
+        key, now = (site_id, external or ""), time.monotonic()
+        hit = self.scorers.get(key)
+        if hit is not None and now - hit[0] < MODEL_RECHECK_S:
+            return hit[1]
         account_id = await self._account(site_id, external) if external else None
         choice = await asyncio.to_thread(self.ctx.choose_model, account_id)
-        if choice.kind not in ("account", "group") or choice.scorer is None:
-            return None
-        return choice.scorer if hasattr(choice.scorer, "prescore_events") else None
+        scorer = None
+        if choice.kind in ("account", "group") and hasattr(choice.scorer, "prescore_events"):
+            scorer = choice.scorer
+        if len(self.scorers) > 100_000:
+            self.scorers.clear()
+        self.scorers[key] = (now, scorer)
+        return scorer
 
     async def _account(self, site_id: str, external: str) -> int | None:
         now = time.monotonic()

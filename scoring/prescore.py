@@ -48,6 +48,18 @@ PER_JOB = 4
 INTERVAL_S = 1.0
 
 
+def complete_windows(n: int, window_events: int) -> int:
+    """How many windows of a page of ``n`` samples can no longer change: all but the last of
+    :func:`scoring.mouse.live.live_bounds` (a tail of half a window or more is a window of its
+    own, a shorter one still belongs to the last block).
+
+    A page is due when this grows, not when it has grown by a window's worth of samples since
+    it was last done: a page done at 3,600 samples (8 complete windows) that ends at 3,866 has
+    a ninth complete window, which the growth rule left for the decision to render."""
+    full, tail = divmod(max(0, n), window_events)
+    return max(0, full - (0 if 2 * tail >= window_events else 1))
+
+
 @dataclass
 class PrescoreStats:
     """What pre-scoring did so far (for the benchmark and the logs)."""
@@ -154,14 +166,16 @@ class Prescorer:
             t1 = time.thread_time()
             counts = await pipe.execute() if sids else []
             t0 += time.thread_time() - t1
-        # nothing is complete before 1.5 windows (the tail joins the last block until then)
-        first = self.window_events // 2
-        due = []
+        due, new = [], {}
         for sid, raw in zip(sids, counts, strict=True):
             n = int(_text(raw)) if raw is not None else 0
-            if n - self.done.get(sid, first) >= self.window_events:
+            gained = complete_windows(n, self.window_events) - complete_windows(
+                self.done.get(sid, 0), self.window_events
+            )
+            if gained > 0:
                 due.append((sid, n))
-        due.sort(key=lambda d: d[1] - self.done.get(d[0], 0), reverse=True)
+                new[sid] = gained
+        due.sort(key=lambda d: new[d[0]], reverse=True)
         self.stats.loop_s += time.thread_time() - t0
         return due
 

@@ -17,7 +17,8 @@ from test_decisions_api import Env, _env
 
 from scoring import prescore, session_store
 from scoring.mouse.inference import MouseScorer
-from scoring.prescore import Prescorer
+from scoring.mouse.live import live_bounds
+from scoring.prescore import Prescorer, complete_windows
 from server.settings import load_settings
 
 
@@ -162,3 +163,11 @@ async def _read(redis_url: str, sid: str) -> session_store.SessionData:
         return await session_store.read_session(r, sid)
     finally:
         await r.aclose()
+
+
+def test_complete_windows_are_all_but_the_last_live_window() -> None:
+    # the due rule counts windows that can no longer change, so a page that ends within one
+    # window's worth of samples of its last pre-scoring still gets its last complete window
+    for n in range(1, 2000, 7):
+        assert complete_windows(n, 400) == len(live_bounds(n, 400)) - 1
+    assert complete_windows(3600, 400) == 8 and complete_windows(3866, 400) == 9

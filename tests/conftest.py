@@ -19,8 +19,10 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from starlette.testclient import TestClient
 
 from scoring import migrate
+from server.app import create_app
 from server.settings import Settings, load_settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -141,3 +143,20 @@ def chromium_path() -> str:
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
         missing(f"no Chromium at {CHROMIUM}")
     return CHROMIUM
+
+
+@pytest.fixture
+def app_settings(tmp_path: Path, migrated_database_url: str, redis_url: str) -> Settings:
+    """Settings on a migrated database holding the review UI's people (an admin, analysts)."""
+    from test_review_support import add_people, make_settings, sessions_for
+
+    settings = make_settings(tmp_path, migrated_database_url, redis_url)
+    add_people(sessions_for(settings))
+    return settings
+
+
+@pytest.fixture
+def client(app_settings: Settings) -> Iterator[TestClient]:
+    """The whole app on :func:`app_settings`, nobody logged in."""
+    with TestClient(create_app(app_settings)) as c:
+        yield c

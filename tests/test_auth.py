@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 from test_review_support import (
     PASSWORD,
-    add_people,
     csrf_from,
     log_in,
     make_settings,
@@ -25,19 +23,6 @@ from server import cli
 from server.app import create_app
 from server.auth import MAX_FAILURES, hash_password, verify_password
 from server.settings import Settings
-
-
-@pytest.fixture
-def app_settings(tmp_path: Path, migrated_database_url: str, redis_url: str) -> Settings:
-    settings = make_settings(tmp_path, migrated_database_url, redis_url)
-    add_people(sessions_for(settings))
-    return settings
-
-
-@pytest.fixture
-def client(app_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(app_settings)) as c:
-        yield c
 
 
 def _protected_paths(client: TestClient) -> list[tuple[str, str]]:

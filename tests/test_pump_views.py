@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
-import pytest
 from starlette.testclient import TestClient
-from test_review_support import add_people, log_in, make_settings, sessions_for
+from test_review_support import log_in, sessions_for
 
 from scoring.pump import synth
 from scoring.schema import PumpCard, PumpDiagnosis
-from server.app import create_app
 from server.settings import Settings
 from server.sites import create_site
-
-
-@pytest.fixture
-def app_settings(tmp_path: Path, migrated_database_url: str, redis_url: str) -> Settings:
-    settings = make_settings(tmp_path, migrated_database_url, redis_url)
-    add_people(sessions_for(settings))
-    return settings
-
-
-@pytest.fixture
-def client(app_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(app_settings)) as c:
-        yield c
 
 
 def _add(settings: Settings) -> tuple[int, int]:

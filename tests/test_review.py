@@ -17,12 +17,10 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 from test_review_support import (
     add_genuine_history,
-    add_people,
     add_scored_case,
     add_site,
     csrf_from,
     log_in,
-    make_settings,
     sessions_for,
 )
 
@@ -31,13 +29,6 @@ from scoring.schema import CaseEvent, PageSession, ReviewCase, utcnow
 from server import cli
 from server.app import create_app
 from server.settings import Settings
-
-
-@pytest.fixture
-def app_settings(tmp_path: Path, migrated_database_url: str, redis_url: str) -> Settings:
-    settings = make_settings(tmp_path, migrated_database_url, redis_url)
-    add_people(sessions_for(settings))
-    return settings
 
 
 @pytest.fixture

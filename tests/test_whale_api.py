@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,27 +11,13 @@ import pytest
 import redis
 import soundfile as sf
 from starlette.testclient import TestClient
-from test_review_support import add_people, add_site, log_in, make_settings, sessions_for
+from test_review_support import add_site, log_in, sessions_for
 
 from scoring import keys
 from scoring.pipelines.base import Context, Job
 from scoring.pipelines.whale import WhalePipeline
 from scoring.whale import detector
-from server.app import create_app
 from server.settings import Settings
-
-
-@pytest.fixture
-def app_settings(tmp_path: Path, migrated_database_url: str, redis_url: str) -> Settings:
-    settings = make_settings(tmp_path, migrated_database_url, redis_url)
-    add_people(sessions_for(settings))
-    return settings
-
-
-@pytest.fixture
-def client(app_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(app_settings)) as c:
-        yield c
 
 
 def flac_bytes(seconds: float, sr: int = 8_000) -> bytes:

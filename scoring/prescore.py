@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from scoring import keys
 from scoring.decisions import MODEL_RECHECK_S, DecisionContext, _text, snapshot
+from scoring.mouse.live import live_bounds
 from scoring.schema import Account
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,12 @@ INTERVAL_S = 1.0
 
 def complete_windows(n: int, window_events: int) -> int:
     """How many windows of a page of ``n`` samples can no longer change: all but the last of
-    :func:`scoring.mouse.live.live_bounds` (a tail of half a window or more is a window of its
-    own, a shorter one still belongs to the last block).
+    :func:`scoring.mouse.live.live_bounds`.
 
     A page is due when this grows, not when it has grown by a window's worth of samples since
     it was last done: a page done at 3,600 samples (8 complete windows) that ends at 3,866 has
     a ninth complete window, which the growth rule left for the decision to render."""
-    full, tail = divmod(max(0, n), window_events)
-    return max(0, full - (0 if 2 * tail >= window_events else 1))
+    return len(live_bounds(max(0, n), window_events)) - 1
 
 
 @dataclass

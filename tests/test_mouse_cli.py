@@ -16,8 +16,8 @@ TINY = ["--width", "0.0625", "--size", "32", "--epochs", "1", "--threads", "1", 
 SYNTH = [
     "--accounts", "3", "--outsiders", "2", "--enrol-sessions", "2", "--enrol-events", "1500",
     "--test-sessions", "12", "--test-min-events", "100", "--test-max-events", "800",
-    "--group-people", "6", "--group-sessions", "2", "--group-min-events", "300",
-    "--group-max-events", "1500", "--seed", "4",
+    "--group-train-people", "6", "--group-test-people", "4", "--group-sessions", "2",
+    "--group-min-events", "300", "--group-max-events", "1500", "--seed", "4",
 ]  # fmt: skip
 
 
@@ -57,13 +57,30 @@ def test_evaluate_group_writes_scores_metrics_and_roc(data: Path, tmp_path: Path
     )  # fmt: skip
     assert rc == 0
     rows = list(csv.DictReader(scores.open()))
-    assert len(rows) == 12 and set(rows[0]) == {"session_id", "user_id", "score"}
+    assert len(rows) == 8 and set(rows[0]) == {"session_id", "user_id", "score"}
     m = json.loads(metrics.read_text())
     for key in ("pooled_auc", "per_account_auc", "per_account_eer", "accuracy_at_eer_threshold"):
         assert key in m
     assert "precision" in m["at_calibrated_thresholds"]
     assert 0 <= m["pooled_auc"] <= 1
     assert Path(m["roc_png"]).exists() and Path(m["roc_png"]).parent == metrics.parent
+    # the group task's own defaults: page-visit-scale windows, training windows scaled to them
+    prep = m["preprocessing"]
+    assert (prep["window_events"], prep["train_min_events"], prep["train_max_events"]) == (
+        1600,
+        400,
+        2800,
+    )
+
+
+def test_synth_only_group_writes_the_group_files_with_their_own_people_counts(
+    tmp_path: Path,
+) -> None:
+    assert main(["mouse", "synth", "--out", str(tmp_path), *SYNTH, "--only", "group"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["group_test.jsonl", "group_train.jsonl"]
+    train = (tmp_path / "group_train.jsonl").read_text().splitlines()
+    test = (tmp_path / "group_test.jsonl").read_text().splitlines()
+    assert (len(train), len(test)) == (6 * 2, 4 * 2)
 
 
 def test_bad_session_file_is_one_line_error(

@@ -9,7 +9,7 @@ from renderer.errors import InvalidInput, ModelNotFound
 from renderer.mouse import MODEL_CHANNELS, Cleaned
 from scoring.backbones import load_matching
 from scoring.mouse import store
-from scoring.mouse.data import Preprocessing
+from scoring.mouse.data import Preprocessing, training_images
 from scoring.mouse.model import ModelConfig, MouseNet, build
 from scoring.mouse.train import (
     GroupModel,
@@ -17,7 +17,6 @@ from scoring.mouse.train import (
     OwnerModel,
     calibrate,
     calibration_sessions,
-    pseudo_sessions,
 )
 from scoring.sessionfile import SessionRecord
 
@@ -56,13 +55,12 @@ def test_pretrained_from_a_local_file_and_imagenet_never_downloads(tmp_path: Pat
         build(cfg, str(tmp_path / "missing.pt"))
 
 
-def test_calibration_hits_the_target_false_alarm_rate():
+def test_group_calibration_hits_the_target_false_alarm_rate():
+    # owner calibration (held-out pieces, pooled over accounts): tests/test_mouse_calibration.py
     rng = np.random.default_rng(0)
     genuine = rng.normal(size=5000)
     thr = calibrate(genuine, 0.05)
     assert (genuine > thr).mean() == pytest.approx(0.05, abs=0.005)
-    scores = pseudo_sessions(np.arange(12.0))
-    assert len(scores) == 12 + 6 + 4
 
 
 def test_owner_and_group_models_round_trip_through_the_store(tmp_path: Path):
@@ -93,3 +91,22 @@ def test_thresholds_are_calibrated_on_whole_sessions_never_trained_on():
     held = calibration_sessions(cleaned, 0.2)
     # a: its two latest sessions, whole; b has too few sessions to spare one (time split)
     assert held == {8, 9}
+
+
+def test_training_windows_scale_with_the_scoring_window_unless_given():
+    assert (Preprocessing().train_min_events, Preprocessing().train_max_events) == (100, 700)
+    long = Preprocessing(window_events=1600)
+    assert (long.train_min_events, long.train_max_events) == (400, 2800)
+    fixed = Preprocessing(window_events=1600, train_min_events=50, train_max_events=900)
+    assert (fixed.train_min_events, fixed.train_max_events) == (50, 900)
+    # checkpoints store the resolved lengths, so loading never re-derives them
+    assert Preprocessing.from_dict(long.to_dict()) == long
+    old = {"size": 64, "window_events": 1600, "train_min_events": 100, "train_max_events": 700}
+    assert Preprocessing.from_dict(old).train_max_events == 700
+    rng = np.random.default_rng(0)
+    clean = Cleaned(
+        np.column_stack([np.arange(8000.0), rng.uniform(0, 500, (8000, 2)), np.zeros(8000)]),
+        (800.0, 600.0),
+    )
+    images = training_images(clean, Preprocessing(size=16, window_events=1600), rng, 2.0)
+    assert len(images) == 10  # 2 x 8000 / 1600

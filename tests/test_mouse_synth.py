@@ -10,8 +10,8 @@ from scoring.sessionfile import POSITIVE
 
 SMALL = SynthConfig(
     accounts=4, outsiders=4, enrol_sessions=2, enrol_events=3000, test_sessions=120,
-    test_min_events=100, test_max_events=2000, group_people=16, group_sessions=4,
-    group_min_events=200, group_max_events=1500, seed=123,
+    test_min_events=100, test_max_events=2000, group_train_people=16, group_test_people=16,
+    group_sessions=4, group_min_events=200, group_max_events=1500, seed=123,
 )  # fmt: skip
 
 
@@ -94,3 +94,18 @@ def test_group_test_people_are_not_in_training():
     train, test = group_sets(SMALL)
     assert not {r.user_id for r in train} & {r.user_id for r in test}
     assert {r.label for r in test} == {"customer", "noncustomer"}
+
+
+def test_group_splits_have_their_own_people_counts_and_the_test_set_not_moving_with_training():
+    bigger = dataclasses.replace(SMALL, group_train_people=24, group_test_people=10)
+    train, test = group_sets(bigger)
+    assert len({r.user_id for r in train}) == 24 and len(train) == 24 * SMALL.group_sessions
+    assert len({r.user_id for r in test}) == 10
+    assert {r.label for r in train} == {"customer", "noncustomer"}
+    # more training people leave the test people as they were (its own random stream)
+    _, small_test = group_sets(dataclasses.replace(SMALL, group_test_people=10))
+    assert [r.session_id for r in small_test] == [r.session_id for r in test]
+    assert all(
+        np.array_equal(a.events, b.events, equal_nan=True)
+        for a, b in zip(small_test, test, strict=True)
+    )

@@ -13,14 +13,25 @@ from renderer.mouse import MODEL_CHANNELS, Cleaned, draw_channels, sanitize, ses
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a session becomes images; stored next to the weights in every checkpoint."""
+    """How a session becomes images; stored next to the weights in every checkpoint.
+
+    Training windows of 0 events (the default) mean "scaled to the scoring window":
+    ``window_events / 4`` to ``1.75 · window_events`` (100–700 for 400-event windows), so a
+    model trained for longer windows still sees every density it will score."""
 
     size: int = 64
     window_events: int = 400
-    train_min_events: int = 100
-    train_max_events: int = 700
+    train_min_events: int = 0
+    train_max_events: int = 0
     max_windows: int = 32
     channels: tuple[str, ...] = MODEL_CHANNELS
+
+    def __post_init__(self) -> None:
+        # frozen: the derived lengths are set once here and stored resolved in checkpoints
+        if self.train_min_events <= 0:
+            object.__setattr__(self, "train_min_events", max(2, self.window_events // 4))
+        if self.train_max_events <= 0:
+            object.__setattr__(self, "train_max_events", self.window_events * 7 // 4)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -291,7 +291,8 @@ class SynthConfig:
     test_min_events: int = 100
     test_max_events: int = 5000
     impostor_fraction: float = 0.5
-    group_people: int = 60
+    group_train_people: int = 360
+    group_test_people: int = 60
     group_sessions: int = 6
     group_min_events: int = 5000
     group_max_events: int = 10000
@@ -353,17 +354,28 @@ def owner_sets(cfg: SynthConfig) -> tuple[list[SessionRecord], Iterator[SessionR
 
 def group_sets(cfg: SynthConfig) -> tuple[list[SessionRecord], list[SessionRecord]]:
     """Customers vs non-customers: people from one population, sessions differing in how
-    well the visitor knows the site. The people in the test set are not in the training set."""
-    rng = np.random.default_rng(cfg.seed + 2)
-    out: list[list[SessionRecord]] = [[], []]
-    for split in (0, 1):
-        for p in range(cfg.group_people):
-            customer = p % 2 == 0
-            label = "customer" if customer else "noncustomer"
-            known = CUSTOMER_FAMILIARITY if customer else NONCUSTOMER_FAMILIARITY
-            h = draw_habits(rng)
-            user = f"{'tr' if split == 0 else 'te'}{p:03d}"
-            for j in range(cfg.group_sessions):
-                n = _test_length(cfg, rng, cfg.group_min_events, cfg.group_max_events)
-                out[split].append(_record(f"{user}-{j}", user, h, n, label, rng, known))
-    return out[0], out[1]
+    well the visitor knows the site. The people in the test set are not in the training set.
+
+    Each split has its own random stream, so the test set does not change with the number of
+    training people."""
+    return (
+        _group_split(cfg, "tr", cfg.group_train_people, np.random.default_rng([cfg.seed, 2, 0])),
+        _group_split(cfg, "te", cfg.group_test_people, np.random.default_rng([cfg.seed, 2, 1])),
+    )
+
+
+def _group_split(
+    cfg: SynthConfig, prefix: str, people: int, rng: np.random.Generator
+) -> list[SessionRecord]:
+    """``people`` people, alternately customers and non-customers, ``group_sessions`` each."""
+    out = []
+    for p in range(people):
+        customer = p % 2 == 0
+        label = "customer" if customer else "noncustomer"
+        known = CUSTOMER_FAMILIARITY if customer else NONCUSTOMER_FAMILIARITY
+        h = draw_habits(rng)
+        user = f"{prefix}{p:03d}"
+        for j in range(cfg.group_sessions):
+            n = _test_length(cfg, rng, cfg.group_min_events, cfg.group_max_events)
+            out.append(_record(f"{user}-{j}", user, h, n, label, rng, known))
+    return out

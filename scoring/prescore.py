@@ -5,8 +5,9 @@ A first decision on a one-minute page renders and runs about ten windows (35–4
 fifty of those a second need two cores. But a window, once complete, never changes
 (:mod:`scoring.mouse.live`), so it can be scored any time before the decision. About once a
 second :class:`Prescorer` looks at the live pages of the process's
-:class:`~scoring.decisions.LiveDirectory`, takes those whose sample count grew by at least one
-window since it last looked, snapshots them and scores their complete windows into the loaded
+:class:`~scoring.decisions.LiveDirectory`, takes those that gained a complete window since it
+last looked (windows of the network that page's decision will use: the owner and group models
+have windows of their own lengths), snapshots them and scores their complete windows into the loaded
 scorer's window cache, the one the decision path reads: the decision path is unchanged, it
 just finds cache hits.
 
@@ -43,7 +44,8 @@ from scoring.schema import Account
 log = logging.getLogger(__name__)
 
 WINDOW_EVENTS = 400
-"""Growth (samples) that can complete a window: the production scorer's window length."""
+"""Window length assumed for a page whose scorer the model chooser was not asked about yet
+(the owner model's default length)."""
 PER_JOB = 4
 """Windows per job at most: how long a decision can find one scoring slot taken (~12 ms)."""
 INTERVAL_S = 1.0
@@ -168,15 +170,22 @@ class Prescorer:
         due, new = [], {}
         for sid, raw in zip(sids, counts, strict=True):
             n = int(_text(raw)) if raw is not None else 0
-            gained = complete_windows(n, self.window_events) - complete_windows(
-                self.done.get(sid, 0), self.window_events
-            )
+            window = self._window_events(sid)
+            gained = complete_windows(n, window) - complete_windows(self.done.get(sid, 0), window)
             if gained > 0:
                 due.append((sid, n))
                 new[sid] = gained
         due.sort(key=lambda d: new[d[0]], reverse=True)
         self.stats.loop_s += time.thread_time() - t0
         return due
+
+    def _window_events(self, sid: str) -> int:
+        """The window length of the scorer this page last got (:meth:`_scorer_for`), or the
+        default when it has none yet; read from the cache only: no model chooser on the loop."""
+        site_id, external, _ua, _ip = self.ctx.directory.fields.get(sid) or [None] * 4
+        hit = self.scorers.get((site_id, external or "")) if site_id is not None else None
+        window = getattr(hit[1], "window_events", None) if hit is not None else None
+        return int(window) if window else self.window_events
 
     async def page(self, sid: str, count: int, budget: int) -> int:
         """Pre-score one page; every failure stays inside this page."""

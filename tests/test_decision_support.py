@@ -24,9 +24,14 @@ TINY = ModelConfig(width=0.0625, embed_dim=16)
 
 
 def train_tiny_models(
-    sessions: sessionmaker[Session], model_dir: Path, accounts: list[str], seed: int = 0
+    sessions: sessionmaker[Session],
+    model_dir: Path,
+    accounts: list[str],
+    seed: int = 0,
+    group_prep: Preprocessing | None = None,
 ) -> None:
-    """An owner model with a head per name in ``accounts`` and a group model, both active.
+    """An owner model with a head per name in ``accounts`` and a group model (preprocessing
+    ``group_prep``, default the owner model's), both active.
 
     Account rows that exist when this runs get their per-account model_versions rows."""
     torch.set_num_threads(1)
@@ -48,7 +53,7 @@ def train_tiny_models(
     people, _ = group_sets(cfg)
     train = TrainConfig(epochs=1, batch_size=32, progress=False, seed=seed)
     owner = train_owner(enrol, TINY, Preprocessing(), train)
-    group = train_group(people, TINY, Preprocessing(), train)
+    group = train_group(people, TINY, group_prep or Preprocessing(), train)
     with sessions() as db:
         for model, version in ((owner, f"tiny-owner-{seed}"), (group, f"tiny-group-{seed}")):
             path = store.save(model_dir, model, version)

@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from test_decision_support import human_path, move_frames
+from test_decision_support import human_path, move_frames, train_tiny_models
 from test_decisions_api import Env, _env
 
+from renderer.mouse import sanitize
 from scoring import prescore, session_store
+from scoring.mouse.data import Preprocessing
 from scoring.mouse.inference import MouseScorer
 from scoring.mouse.live import live_bounds
 from scoring.prescore import Prescorer, complete_windows
@@ -155,6 +157,37 @@ def test_the_background_task_runs_from_the_apps_lifespan(
         while p.stats.windows == 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert p.stats.windows >= 1 and p.stats.ticks >= 1
+
+
+def test_each_page_is_prescored_and_decided_on_its_own_networks_windows(
+    quick: Env, redis_url: str
+) -> None:
+    # the group model's windows are twice the owner model's: an account's page and an
+    # anonymous page each get the windows of the network that will decide on them
+    quick.add_account("shop", "alice")
+    sessions = quick.sessions()
+    train_tiny_models(
+        sessions, quick.model_dir, ["alice", "bob"], group_prep=Preprocessing(window_events=800)
+    )
+    sessions.kw["bind"].dispose()
+    pages = {"alice": _page(quick, "alice", 2400, seed=7), "": _page(quick, "", 2400, seed=8)}
+    windows = {"alice": 400, "": 800}
+    p = _prescorer(quick, 1000)
+    rendered = _tick(quick, p)
+    live = {}
+    for who, sid in pages.items():
+        data = asyncio.run(_read(redis_url, sid))
+        n = len(sanitize(data.events, data.viewport).events)
+        live[who] = len(live_bounds(n, windows[who]))
+        assert p._window_events(sid) == windows[who]  # when the page is due from now on
+    assert live["alice"] >= 5 and live[""] >= 2
+    assert rendered == live["alice"] - 1 + live[""] - 1  # complete windows of their own length
+    for who, sid in pages.items():
+        answer = quick.decide({"session_id": sid, "action": "checkout"}).json()
+        details = quick.details(answer["decision_id"])
+        assert details["windows"] == live[who] and details["windows_rendered"] == 1
+        assert answer["reasons"][-1] == ("account_model" if who else "group_model")
+    assert p._window_events("a page it has not seen") == prescore.WINDOW_EVENTS
 
 
 async def _read(redis_url: str, sid: str) -> session_store.SessionData:

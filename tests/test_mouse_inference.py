@@ -5,13 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sqlalchemy import select
 
 from renderer.errors import InvalidSession
 from scoring.database import make_engine, make_sessionmaker
 from scoring.mouse import store
 from scoring.mouse.data import Preprocessing
-from scoring.mouse.inference import MouseScorer
+from scoring.mouse.inference import AccountScorer, MouseScorer
 from scoring.mouse.model import ModelConfig, build
 from scoring.mouse.synth import draw_habits, generate_events
 from scoring.mouse.train import Head, OwnerModel
@@ -88,7 +89,7 @@ def test_one_session_runs_only_the_network_its_mode_needs(sqlite_url: str, tmp_p
     ev, vp = events()
     from renderer.mouse import sanitize
 
-    images = scorer.images(sanitize(ev, vp))
+    images = scorer.images(sanitize(ev, vp), "group")  # same windows for both: same prep
     both = scorer.forward(images)
     owner_only = scorer.forward(images, "owner")
     group_only = scorer.forward(images, "group")
@@ -99,6 +100,51 @@ def test_one_session_runs_only_the_network_its_mode_needs(sqlite_url: str, tmp_p
         batch = scorer.summarise(account, both)
         assert live.mode == batch.mode == mode
         assert live.score == pytest.approx(batch.score, abs=1e-5)
+    engine.dispose()
+
+
+def test_each_network_scores_its_own_windows(sqlite_url: str, tmp_path: Path) -> None:
+    # the group model's windows are twice the owner model's: a worker batch mixing both modes,
+    # a single assessment and the live path all give each session its own network's windows
+    from renderer.mouse import sanitize
+    from scoring.mouse.train import GroupModel
+
+    engine = make_engine(sqlite_url)
+    sessions = make_sessionmaker(engine)
+    owner_net = build(ModelConfig(width=0.0625, size=32, embed_dim=8, n_out=2)).eval()
+    heads = {"alice": Head(np.linspace(-1, 1, 8).astype(np.float32), 0.1, threshold=0.0)}
+    group_net = build(ModelConfig(width=0.0625, size=32, embed_dim=8, n_out=1)).eval()
+    long = Preprocessing(size=32, window_events=600)
+    with sessions() as s, s.begin():
+        owner = OwnerModel(owner_net, PREP, heads)
+        store.register(s, store.save(tmp_path, owner, "o1"), owner, "o1")
+        group = GroupModel(group_net, long, threshold=0.2)
+        store.register(s, store.save(tmp_path, group, "g1"), group, "g1")
+    scorer = MouseScorer(sessions, tmp_path)
+    assert scorer.prep_for("owner") == PREP and scorer.prep_for("group") == long
+    ev, vp = events(1800)  # whole windows of both lengths: batch and live cut the same ones
+    clean = sanitize(ev, vp)
+    per_item = [scorer.images(clean, "owner"), scorer.images(clean, "group")]
+    assert [len(x) for x in per_item] == [6, 3]
+    outputs = torch.split(scorer.forward(torch.cat(per_item)), [6, 3])  # one worker batch
+    for account, mode, out, windows in (
+        ("alice", "owner", outputs[0], 6),
+        ("bob", "group", outputs[1], 3),
+    ):
+        batch = scorer.summarise(account, out)
+        single = scorer.assess(ev, vp, account)
+        live = scorer.score_live(ev, vp, account)
+        assert batch.mode == single.mode == mode
+        assert batch.n_windows == single.n_windows == live.windows == windows
+        assert batch.score == pytest.approx(single.score, abs=1e-5)
+        assert live.risk == pytest.approx(single.risk, abs=1e-6)
+    # the pre-scorer completes each mode's windows at its own length
+    scorer.load()  # an empty window cache
+    part = clean.events[:1300]
+    assert scorer.prescore_live(part, vp, "alice") == (3, 0)  # 0-300-600-900 | 900-1300
+    assert scorer.prescore_live(part, vp, "bob") == (1, 0)  # 0-600 | 600-1300
+    bound = {a: AccountScorer(scorer, a, "x", None) for a in ("alice", "bob")}
+    assert (bound["alice"].window_events, bound["bob"].window_events) == (300, 600)
     engine.dispose()
 
 

@@ -15,6 +15,7 @@ from scoring.database import make_engine, make_sessionmaker
 from scoring.metrics import WorkerMetrics
 from scoring.mouse import store
 from scoring.mouse.data import Preprocessing
+from scoring.mouse.inference import MouseScorer
 from scoring.mouse.model import ModelConfig, build
 from scoring.mouse.synth import draw_habits, generate_events
 from scoring.mouse.train import GroupModel, Head, OwnerModel
@@ -200,6 +201,45 @@ def test_enrolled_account_is_scored_by_its_own_head(
         assert modes == {a: "owner", b: "group"}
         per_account = store.model_store.active(s, "mouse", "owner", account_id)
         assert per_account is not None and per_account.threshold == pytest.approx(1e6)
+    engine.dispose()
+
+
+def test_owner_and_group_sessions_in_one_batch_get_their_own_networks_windows(
+    migrated_database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    # the group model's windows are twice as long as the owner model's (as in production,
+    # where they are page-visit scale): each session is rendered for the network that judges it
+    engine, sessions, site_id, account_id = setup_db(migrated_database_url)
+    net = build(ModelConfig(width=0.0625, size=32, embed_dim=8, n_out=3)).eval()
+    owner = OwnerModel(net, PREP, {"alice": Head(np.ones(8, dtype=np.float32), 0.5, 1e6)})
+    group = GroupModel(build(TINY).eval(), Preprocessing(size=32, window_events=600), 1e6)
+    with sessions() as s, s.begin():
+        for model, version in ((owner, "o1"), (group, "g1")):
+            store.register(s, store.save(tmp_path / "models", model, version), model, version)
+
+    async def scenario() -> tuple[list[str], list[session_store.SessionData]]:
+        redis = aioredis.from_url(redis_url)
+        try:
+            a, _ = await put_session(redis, sessions, site_id, account_id, "alice", n=1800)
+            b, _ = await put_session(redis, sessions, site_id, account_id, "carol", n=1800)
+            stored = [await session_store.read_session(redis, sid) for sid in (a, b)]
+            await run_jobs(context(sessions, redis, tmp_path), [a, b])
+            return [a, b], stored
+        finally:
+            await redis.aclose()
+
+    (a, b), stored = asyncio.run(scenario())
+    # the same sessions scored one at a time, outside the worker
+    scorer = MouseScorer(sessions, tmp_path / "models")
+    keys = [scorer.site_head_key(site_id, who) for who in ("alice", "carol")]
+    alone = [scorer.assess(d.events, d.viewport, k) for d, k in zip(stored, keys, strict=True)]
+    with sessions() as s:
+        rows = {r.session_id: r for r in s.scalars(select(Score))}
+    assert {sid: rows[sid].details["mode"] for sid in (a, b)} == {a: "owner", b: "group"}
+    assert [rows[sid].details["n_windows"] for sid in (a, b)] == [6, 3]  # 1,800 / 300, / 600
+    for sid, single in zip((a, b), alone, strict=True):
+        assert rows[sid].details["n_windows"] == single.n_windows
+        assert rows[sid].score == pytest.approx(single.score, abs=1e-5)
     engine.dispose()
 
 

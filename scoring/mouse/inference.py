@@ -9,10 +9,15 @@ account without a head is ``not_enrolled`` (score 0, never flagged).
 
 Scores are logits (higher = more likely an impostor / non-customer). ``risk`` is
 ``sigmoid(score - threshold)``: above 0.5 exactly when the calibrated threshold is crossed.
+
+Each network scores the windows it was trained on: its checkpoint's :class:`Preprocessing`
+(:meth:`MouseScorer.prep_for`) sets a session's window length and count for its mode (the
+group model's windows are page-visit scale, the owner model's shorter).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from dataclasses import dataclass
@@ -128,10 +133,20 @@ class MouseScorer:
     def untrained(self) -> bool:
         return self.owner is None and self.group is None
 
-    @property
-    def prep(self) -> Preprocessing:
-        model = self.owner or self.group or self.untrained_model
+    def prep_for(self, mode: str) -> Preprocessing:
+        """The preprocessing of the network that scores ``mode`` (:meth:`mode_for`): the owner
+        model's for ``owner``, the group (or untrained) model's for the others."""
+        if mode == "owner" and self.owner is not None:
+            return self.owner.prep
+        model = self.group or self.owner or self.untrained_model
         return model.prep
+
+    @property
+    def image_size(self) -> int:
+        """Side of the worker's images, the same for every mode so that one batch can mix
+        modes: the owner network's input (the group network's is resized to it in
+        :meth:`forward` when they differ)."""
+        return (self.owner or self.group or self.untrained_model).prep.size
 
     def mode_for(self, account: str | None) -> str:
         """owner (enrolled account), group, untrained (no model at all) or not_enrolled (an
@@ -142,13 +157,15 @@ class MouseScorer:
             return "group"
         return "untrained" if self.untrained else "not_enrolled"
 
-    def images(self, clean: Cleaned) -> torch.Tensor:
-        """The session's windows as the model input (K, C, H, W)."""
+    def images(self, clean: Cleaned, mode: str) -> torch.Tensor:
+        """The session's windows for ``mode``'s network as the model input (K, C, H, W), at
+        :attr:`image_size`."""
         if len(clean.events) < MIN_EVENTS:
             raise InvalidSession(
                 "a session needs at least two events to be scored", "too_few_events"
             )
-        return torch.from_numpy(scoring_images(clean, self.prep))
+        prep = dataclasses.replace(self.prep_for(mode), size=self.image_size)
+        return torch.from_numpy(scoring_images(clean, prep))
 
     def forward(self, batch: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         """(B, D + 1): the owner backbone's embedding (D = 0 without one), then the group
@@ -201,26 +218,28 @@ class MouseScorer:
     def assess(
         self, events: np.ndarray, viewport: tuple[float, float], account: str | None = None
     ) -> Assessment:
-        images = self.images(sanitize(events, viewport))
-        return self.summarise(account, self.forward(images, self.mode_for(account)))
+        mode = self.mode_for(account)
+        images = self.images(sanitize(events, viewport), mode)
+        return self.summarise(account, self.forward(images, mode))
 
     def _live_windows(
-        self, clean: Cleaned, digest: bool = True
+        self, clean: Cleaned, mode: str, digest: bool = True
     ) -> tuple[list[tuple[int, int]], list[bytes]]:
-        """Bounds and (``digest``) digests of the session's live windows
-        (:mod:`scoring.mouse.live`)."""
+        """Bounds and (``digest``) digests of the session's live windows for ``mode``'s
+        network (:mod:`scoring.mouse.live`)."""
         if len(clean.events) < MIN_EVENTS:
             raise InvalidSession(
                 "a session needs at least two events to be scored", "too_few_events"
             )
-        bounds = live_bounds(len(clean.events), self.prep.window_events)
+        bounds = live_bounds(len(clean.events), self.prep_for(mode).window_events)
         return bounds, [window_digest(clean, a, b) for a, b in bounds] if digest else []
 
     def _run_windows(
         self, clean: Cleaned, bounds: list[tuple[int, int]], digests: list[bytes], mode: str
     ) -> list[np.ndarray]:
         """Render and run the windows ``bounds`` for ``mode``'s network; cache the outputs."""
-        size = (self.prep.size, self.prep.size)
+        side = self.prep_for(mode).size
+        size = (side, side)
         images = np.stack(
             [draw_channels(Cleaned(clean.events[a:b], clean.viewport), size) for a, b in bounds]
         )
@@ -236,8 +255,8 @@ class MouseScorer:
         """:meth:`forward` outputs (K, …) of the session's live windows
         (:mod:`scoring.mouse.live`) for the network ``mode`` needs, and how many of them had to
         be rendered and run: the others come from :attr:`window_cache`."""
-        bounds, _ = self._live_windows(clean, digest=False)
-        bounds = pick_evenly(bounds, self.prep.max_windows)
+        bounds, _ = self._live_windows(clean, mode, digest=False)
+        bounds = pick_evenly(bounds, self.prep_for(mode).max_windows)
         digests = [window_digest(clean, a, b) for a, b in bounds]
         rows = [self.window_cache.get(mode, d) for d in digests]
         todo = [i for i, row in enumerate(rows) if row is None]
@@ -268,7 +287,7 @@ class MouseScorer:
         clean = sanitize(events, viewport)
         if len(clean.events) < MIN_EVENTS:
             return 0, 0
-        bounds, digests = self._live_windows(clean)
+        bounds, digests = self._live_windows(clean, mode)
         todo = [i for i in range(len(bounds) - 1) if not self.window_cache.has(mode, digests[i])]
         now = todo[: max(0, limit)]
         if now:
@@ -338,6 +357,12 @@ class AccountScorer:
 
     def score_events(self, events: np.ndarray, viewport: tuple[float, float]) -> LiveScore:
         return self.scorer.score_live(events, viewport, self.account)
+
+    @property
+    def window_events(self) -> int:
+        """Events per live window of this account's network (when the pre-scorer finds a
+        window complete)."""
+        return self.scorer.prep_for(self.scorer.mode_for(self.account)).window_events
 
     def prescore_events(
         self, events: np.ndarray, viewport: tuple[float, float], limit: int

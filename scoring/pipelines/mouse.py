@@ -1,8 +1,11 @@
 """The ``mouse`` pipeline: an ended page session → a Score row, and a review case if flagged.
 
 Job fields: ``session_id``. Steps: read the session from Redis
-(:func:`scoring.session_store.read_session`), sanitise it, render its windows, score them in
-one forward pass with the other jobs of the batch, aggregate the windows to a session score,
+(:func:`scoring.session_store.read_session`), sanitise it, find which network judges it (its
+account's head or the group model: :meth:`MouseScorer.mode_for`) and render that network's
+windows, score them in one forward pass with the other jobs of the batch (a batch may mix
+modes: every item's summary reads only its own network's column), aggregate the windows to a
+session score,
 store a :class:`~scoring.schema.Score` keyed by the job id (a replay is a no-op), archive the
 samples into ``PageSession.samples``, and when flagged open a review case and queue alerts.
 """
@@ -36,6 +39,8 @@ class MouseItem:
     meta: dict[str, str]
     raw_events: np.ndarray
     clean: Cleaned
+    head_key: str | None = None
+    """The account's site-qualified head key, set by render."""
 
 
 class MousePipeline(Pipeline):
@@ -58,17 +63,19 @@ class MousePipeline(Pipeline):
         return MouseItem(sid, dict(data.meta), data.events, clean)
 
     def render(self, item: MouseItem) -> torch.Tensor:
-        return self._scorer().images(item.clean)
+        scorer = self._scorer()
+        # heads are site-qualified: the same external id on two sites is two accounts. Looked
+        # up here, in the worker thread, because the mode sets which windows to render
+        account = item.meta.get("account") or None
+        item.head_key = scorer.site_head_key(int(item.meta.get("site_id") or 0), account)
+        return scorer.images(item.clean, scorer.mode_for(item.head_key))
 
     def score(self, batch: torch.Tensor) -> torch.Tensor:
         return self._scorer().forward(batch)
 
     def summarise(self, item: MouseItem, outputs: torch.Tensor) -> dict[str, Any]:
         account = item.meta.get("account") or None
-        scorer = self._scorer()
-        # heads are site-qualified: the same external id on two sites is two accounts
-        key = scorer.site_head_key(int(item.meta.get("site_id") or 0), account)
-        a = scorer.summarise(key, outputs)
+        a = self._scorer().summarise(item.head_key, outputs)
         result = asdict(a)
         result["threshold"] = a.threshold if np.isfinite(a.threshold) else None
         result["untrained"] = a.mode == "untrained"

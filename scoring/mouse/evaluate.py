@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -42,8 +42,15 @@ def train_task(
     raise InvalidInput(f"unknown task {task!r}: owner or group", "bad_task")
 
 
-def score_record(model: OwnerModel | GroupModel, record: SessionRecord) -> tuple[float, float, int]:
-    """(score, threshold, events after cleaning) of one session; InvalidSession if unusable."""
+class Scored(NamedTuple):
+    score: float
+    threshold: float
+    events: int  # after cleaning
+    windows: int  # scored
+
+
+def score_record(model: OwnerModel | GroupModel, record: SessionRecord) -> Scored:
+    """One session's score and threshold; InvalidSession if unusable."""
     clean = sanitize(record.events, record.viewport)
     if len(clean.events) < 2:
         raise InvalidSession("too few events", "too_few_events")
@@ -51,12 +58,13 @@ def score_record(model: OwnerModel | GroupModel, record: SessionRecord) -> tuple
     if isinstance(model, OwnerModel):
         if record.user_id not in model.heads:
             raise InvalidSession(f"account {record.user_id!r} is not enrolled", "not_enrolled")
-        return (
+        return Scored(
             model.session_score(record.user_id, images),
             model.heads[record.user_id].threshold,
             len(clean.events),
+            len(images),
         )
-    return model.session_score(images), model.threshold, len(clean.events)
+    return Scored(model.session_score(images), model.threshold, len(clean.events), len(images))
 
 
 def evaluate(
@@ -72,11 +80,11 @@ def evaluate(
     model = train_task(task, train, model_cfg, prep, cfg)
     trained = time.perf_counter()
     out = Evaluation(model)
-    users, thresholds, rates, lengths = [], [], [], []
+    users, thresholds, rates, lengths, windows = [], [], [], [], []
     skipped: dict[str, int] = {}
     for record in tqdm(test, desc="score", disable=not cfg.progress):
         try:
-            score, threshold, n = score_record(model, record)
+            score, threshold, n, n_windows = score_record(model, record)
         except InvalidSession as e:
             skipped[e.code] = skipped.get(e.code, 0) + 1
             continue
@@ -90,8 +98,11 @@ def evaluate(
             thresholds.append(threshold)
             rates.append(n / span)
             lengths.append(n)
+            windows.append(n_windows)
     scored = time.perf_counter()
-    metrics = session_metrics(out.labels, out.scores, users, thresholds) if out.labels else {}
+    metrics = (
+        session_metrics(out.labels, out.scores, users, thresholds, windows) if out.labels else {}
+    )
     y = np.asarray(out.labels)
     metrics["trivial_cues_auc"] = {
         "events_per_second": trivial_cue_auc(y, np.asarray(rates)) if len(y) else None,

@@ -51,6 +51,27 @@ def precision_recall(labels: np.ndarray, flagged: np.ndarray) -> dict[str, float
     }
 
 
+WINDOW_BANDS = ((1, 1), (2, 3), (4, 32))
+"""Session lengths in scoring windows for the false-alarm rate by length: a session's score
+is the mean of its windows', so one-window sessions scatter most."""
+
+
+def false_alarm_by_windows(
+    labels: np.ndarray, flagged: np.ndarray, windows: np.ndarray
+) -> dict[str, dict[str, float | int | None]]:
+    """False-alarm rate of genuine sessions of 1, 2-3 and 4 or more windows."""
+    out: dict[str, dict[str, float | int | None]] = {}
+    for lo, hi in WINDOW_BANDS:
+        genuine = (labels == 0) & (windows >= lo) & (windows <= hi)
+        name = str(lo) if lo == hi else f"{lo}-{hi}" if hi < 32 else f"{lo}+"
+        n = int(genuine.sum())
+        out[name] = {
+            "genuine": n,
+            "false_alarm_rate": float(flagged[genuine].mean()) if n else None,
+        }
+    return out
+
+
 def trivial_cue_auc(labels: np.ndarray, cue: np.ndarray) -> float | None:
     """AUC of a one-number cue in its better direction (0.5 = chance, 1 = separates)."""
     auc = _auc(labels, cue)
@@ -62,10 +83,13 @@ def session_metrics(
     scores: Sequence[float],
     users: Sequence[str],
     thresholds: Sequence[float],
+    windows: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Pooled AUC, per-account AUC/EER, accuracy at the EER threshold, P/R when calibrated."""
+    """Pooled AUC, per-account AUC/EER, accuracy at the EER threshold, P/R when calibrated
+    (and, given each session's number of scoring windows, the false-alarm rate by length)."""
     y, s, u = np.asarray(labels), np.asarray(scores, dtype=float), np.asarray(users)
     thr = np.asarray(thresholds, dtype=float)
+    by_length = {} if windows is None else false_alarm_by_windows(y, s > thr, np.asarray(windows))
     pooled_eer, eer_thr = eer(y, s) if len(set(y.tolist())) == 2 else (None, 0.0)
     aucs, eers = _per_account(y, s, u)
     return {
@@ -80,6 +104,7 @@ def session_metrics(
         "at_calibrated_thresholds": {
             **precision_recall(y, s > thr),
             "accuracy": float(((s > thr) == (y == 1)).mean()) if len(y) else None,
+            "false_alarm_by_windows": by_length,
         },
     }
 

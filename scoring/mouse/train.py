@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,12 @@ from tqdm import tqdm
 
 from renderer.errors import InvalidInput, InvalidSession
 from renderer.mouse import Cleaned, sanitize
+from scoring.mouse.calibration import (
+    PieceLengths,
+    cut_pieces,
+    pooled_thresholds,
+    session_shift,
+)
 from scoring.mouse.data import Preprocessing, scoring_images, split_by_time, training_images
 from scoring.mouse.model import ModelConfig, MouseNet, build
 from scoring.sessionfile import SessionRecord
@@ -43,6 +49,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     calib_fraction: float = 0.2
     target_far: float = 0.05
+    calib_lengths: PieceLengths = field(default_factory=PieceLengths)
     pretrained: str = "none"
     oversample: float = 1.5
     max_negatives: int = 4000
@@ -55,16 +62,6 @@ def calibrate(genuine_scores: np.ndarray, target_far: float) -> float:
     if len(genuine_scores) == 0:
         return 0.0
     return float(np.quantile(genuine_scores, 1.0 - target_far, method="higher"))
-
-
-def pseudo_sessions(window_scores: np.ndarray) -> np.ndarray:
-    """Scores of sessions of 1, 2 and 3 consecutive windows, as short test sessions are."""
-    out = [window_scores]
-    for k in (2, 3):
-        n = len(window_scores) // k
-        if n:
-            out.append(window_scores[: n * k].reshape(n, k).mean(axis=1))
-    return np.concatenate(out)
 
 
 def _batches(
@@ -228,19 +225,43 @@ def calibration_sessions(cleaned: list[tuple[SessionRecord, Cleaned]], fraction:
     return held
 
 
+@dataclass
+class CalibrationSession:
+    """One held-out genuine session cut into pieces of scored lengths: the embeddings of
+    every piece's windows and, for each window, the piece it belongs to."""
+
+    embeddings: np.ndarray
+    piece: np.ndarray
+
+    def piece_scores(self, head: Head) -> np.ndarray:
+        """Each piece's score as a page session of that length gets it: its windows' mean."""
+        total = np.bincount(self.piece, weights=head.window_scores(self.embeddings))
+        return total / np.bincount(self.piece)
+
+
+def embed_pieces(model: MouseNet, pieces: list[Cleaned], prep: Preprocessing) -> CalibrationSession:
+    images = [scoring_images(p, prep) for p in pieces]
+    piece = np.repeat(np.arange(len(images)), [len(i) for i in images])
+    return CalibrationSession(forward_all(model, np.concatenate(images), embed=True), piece)
+
+
 def _owner_windows(
     cleaned: list[tuple[SessionRecord, Cleaned]],
     users: list[str],
     prep: Preprocessing,
     cfg: TrainConfig,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, dict[str, list[np.ndarray]]]:
-    """Training windows and labels, and per account the calibration windows of each held-out
-    session (whole sessions when it has enough, else the last part of each session)."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, list[list[Cleaned]]]]:
+    """Training windows and labels, and per account the calibration pieces of each held-out
+    session (whole sessions when it has enough, else the last part of each session).
+
+    The pieces are cut with their own random stream so that the training windows, and so the
+    backbone and the heads, do not depend on how calibration is done."""
     xs, ys = [], []
-    calib: dict[str, list[np.ndarray]] = {u: [] for u in users}
+    calib: dict[str, list[list[Cleaned]]] = {u: [] for u in users}
     held = calibration_sessions(cleaned, cfg.calib_fraction)
     held_users = {cleaned[i][0].user_id for i in held}
+    cut_rng = np.random.default_rng([cfg.seed, 1])
     for i, (r, clean) in enumerate(
         tqdm(cleaned, desc="render", disable=not cfg.progress, leave=False)
     ):
@@ -256,10 +277,65 @@ def _owner_windows(
             xs.append(imgs)
             ys.append(np.full(len(imgs), users.index(r.user_id), dtype=np.int64))
         if len(cal_part.events) >= 2:
-            calib[r.user_id].append(scoring_images(cal_part, prep))
+            calib[r.user_id].append(cut_pieces(cal_part, cfg.calib_lengths, cut_rng))
     if not xs:
         raise InvalidInput("no usable enrolment sessions", "no_training_data")
     return np.concatenate(xs), np.concatenate(ys), {u: v for u, v in calib.items() if v}
+
+
+def _fit_heads(
+    emb: np.ndarray, y: np.ndarray, users: list[str], cfg: TrainConfig, rng: np.random.Generator
+) -> tuple[dict[str, Head], list[float]]:
+    heads, seconds = {}, []
+    for k, user in enumerate(users):
+        started = time.perf_counter()
+        others = emb[y != k]
+        if len(others) > cfg.max_negatives:
+            others = others[rng.choice(len(others), cfg.max_negatives, replace=False)]
+        heads[user] = fit_head(emb[y == k], others)
+        seconds.append(time.perf_counter() - started)
+    return heads, seconds
+
+
+def _validation_auc(
+    heads: dict[str, Head], cal: dict[str, list[CalibrationSession]]
+) -> list[float]:
+    """Per account, own held-out windows against the other accounts' held-out windows."""
+    aucs = []
+    for user, sessions in cal.items():
+        own = np.concatenate([heads[user].window_scores(c.embeddings) for c in sessions])
+        foreign = [
+            heads[user].window_scores(c.embeddings) for u in cal if u != user for c in cal[u]
+        ]
+        if foreign:
+            neg = np.concatenate(foreign)
+            labels = np.r_[np.zeros(len(own)), np.ones(len(neg))]
+            aucs.append(float(roc_auc_score(labels, np.r_[own, neg])))
+    return aucs
+
+
+def calibrate_heads(
+    model: MouseNet,
+    heads: dict[str, Head],
+    calib: dict[str, list[list[Cleaned]]],
+    prep: Preprocessing,
+    target_far: float,
+) -> dict[str, Any]:
+    """Set every head's threshold from its held-out pieces (``scoring.mouse.calibration``);
+    returns what it cost and the per-account validation AUC."""
+    started = time.perf_counter()
+    cal = {u: [embed_pieces(model, pieces, prep) for pieces in v] for u, v in calib.items()}
+    scores = {u: [c.piece_scores(heads[u]) for c in v] for u, v in cal.items()}
+    for user, threshold in pooled_thresholds(scores, target_far).items():
+        heads[user].threshold = threshold
+    val_auc = _validation_auc(heads, cal)
+    return {
+        "validation_window_auc_mean": float(np.mean(val_auc)) if val_auc else None,
+        "calibration_pieces": sum(len(s) for v in scores.values() for s in v),
+        "calibration_windows": sum(len(c.piece) for v in cal.values() for c in v),
+        "calibration_session_shift_sd": float(np.sqrt(session_shift(scores).variance)),
+        "calibration_seconds": time.perf_counter() - started,
+    }
 
 
 def train_owner(
@@ -282,36 +358,17 @@ def train_owner(
     started = time.perf_counter()
     losses = fit(model, x, y, nn.CrossEntropyLoss(label_smoothing=0.1), cfg, "owner backbone")
     backbone_s = time.perf_counter() - started
-    emb = forward_all(model, x, embed=True)
-    cal_emb = {u: [forward_all(model, w, embed=True) for w in v] for u, v in calib.items()}
-    heads, val_auc, head_s = {}, [], []
-    for k, user in enumerate(users):
-        started = time.perf_counter()
-        others = emb[y != k]
-        if len(others) > cfg.max_negatives:
-            others = others[rng.choice(len(others), cfg.max_negatives, replace=False)]
-        head = fit_head(emb[y == k], others)
-        head_s.append(time.perf_counter() - started)
-        if user in calib:
-            own_sessions = [head.window_scores(cal_emb[user][j]) for j in range(len(calib[user]))]
-            own = np.concatenate(own_sessions)
-            head.threshold = calibrate(
-                np.concatenate([pseudo_sessions(o) for o in own_sessions]), cfg.target_far
-            )
-            foreign = [head.window_scores(e) for u in calib if u != user for e in cal_emb[u]]
-            if foreign:
-                neg = np.concatenate(foreign)
-                labels = np.r_[np.zeros(len(own)), np.ones(len(neg))]
-                val_auc.append(float(roc_auc_score(labels, np.r_[own, neg])))
-        heads[user] = head
+    heads, head_s = _fit_heads(forward_all(model, x, embed=True), y, users, cfg, rng)
+    calibration = calibrate_heads(model, heads, calib, prep, cfg.target_far)
     metrics = {
         "task": "owner",
         "accounts": len(users),
         "train_windows": len(x),
         "skipped_sessions": skipped,
         "losses": losses,
-        "validation_window_auc_mean": float(np.mean(val_auc)) if val_auc else None,
         "target_far": cfg.target_far,
+        "calibration_lengths": asdict(cfg.calib_lengths),
+        **calibration,
         "backbone_train_seconds": backbone_s,
         "head_fit_seconds_mean": float(np.mean(head_s)),
         "backbone_parameters": sum(p.numel() for p in model.parameters()),

@@ -124,6 +124,7 @@ class Ingest:
         self.connection = connection
         self.sid: str | None = None
         self.joined = False
+        self.ended = False  # this connection ended the session (its end-of-page record)
         self.tokens = float(self.cfg.burst_samples)
         self.refilled = time.monotonic()
         self.touched = 0.0
@@ -206,22 +207,27 @@ class Ingest:
         else:  # an app run without its lifespan (no batcher task): one round trip per frame
             status = await store.append_frame(self.svc.redis, *args)
         _raise_for(status, frame)
-        if status == store.APPENDED:
+        if status == store.APPENDED and frame.other:
             await self._apply_records(frame)
-        await self._touch(now)
+        if now - self.touched >= 1.0:
+            await self._touch(now)
 
     async def end_if_ended(self, frame: wire.Frame) -> None:
         """End the session when ``frame`` has the end-of-page record (after its ack went out:
         writing the row can take a while, and the frame itself is safely stored)."""
-        if frame.ended and self.sid:
-            # shielded: the page closes its socket right after this frame, and a cancelled
-            # handler must not leave a session half-ended (lock taken, no job)
+        if not (frame.ended and self.sid):
+            return
+        ender = getattr(self.app.state, "collector_ender", None)
+        if isinstance(ender, SessionEnder):  # runs in its own task: a closing page can't cut it
+            await ender.end(self.sid, "end")
+        else:  # an app run without its lifespan: end it here, shielded from the handler
             task = asyncio.ensure_future(
                 end_session(self.svc, self.cfg, self.sid, "end", time.time())
             )
             _ENDING.add(task)
             task.add_done_callback(_ENDING.discard)
             await asyncio.shield(task)
+        self.ended = True
 
     async def _apply_records(self, frame: wire.Frame) -> None:
         updates: dict[str, str | int] = {}
@@ -237,7 +243,8 @@ class Ingest:
 
     async def finish(self) -> None:
         if self.joined and self.sid:
-            await store.connection_closed(self.svc.redis, self.sid, time.time())
+            now = time.time()
+            await store.connection_closed(self.svc.redis, self.sid, now, live=not self.ended)
 
 
 _ENDING: set[asyncio.Future[bool]] = set()
@@ -272,62 +279,184 @@ def _account_id(s: Session, site_id: int, external_id: str) -> int:
         return s.scalars(query).one()
 
 
-def record_page_session(
-    sessions: sessionmaker[Session], sid: str, meta: dict[str, str], reason: str
-) -> None:
-    """Write (or complete) the ``PageSession`` row of an ended session."""
-    site_id = int(meta["site_id"])
+def _account_ids(s: Session, wanted: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    """Ids of the accounts ``(site_id, external_id)``, creating those that do not exist."""
+    found: dict[tuple[int, str], int] = {}
+    for site_id in {site for site, _ in wanted}:
+        names = [name for site, name in wanted if site == site_id]
+        query = select(Account.id, Account.external_id).where(
+            Account.site_id == site_id, Account.external_id.in_(names)
+        )
+        found.update({(site_id, name): id_ for id_, name in s.execute(query)})
+    for site_id, name in wanted - found.keys():
+        found[(site_id, name)] = _account_id(s, site_id, name)
+    return found
+
+
+def _fill_row(row: PageSession, meta: dict[str, str], reason: str, account_id: int | None) -> None:
+    row.page_path = meta.get("page_path", "")[:2000]
+    row.viewport_w = int(meta.get("viewport_w", 0))
+    row.viewport_h = int(meta.get("viewport_h", 0))
+    row.device_pixel_ratio = float(meta.get("dpr", 1.0))
+    row.pointer_type = meta.get("pointer_type", "mouse")[:16]
+    row.user_agent = meta.get("user_agent", "")[:1000]
+    row.client_ip = meta.get("client_ip", "")[:64]
+    row.status = "ended"
+    row.end_reason = reason
+    row.n_samples = int(meta.get("n_samples", 0))
+    started_ms = int(meta.get("started_ms", 0))
+    if started_ms:
+        row.started_at = dt.datetime.fromtimestamp(started_ms / 1000, dt.UTC)
+    row.ended_at = utcnow()
+    if account_id is not None:
+        row.account_id = account_id
+
+
+Ended = tuple[str, dict[str, str], str]
+"""An ended session to record: its id, its Redis meta, the end reason."""
+
+
+def record_page_sessions(sessions: sessionmaker[Session], ends: list[Ended]) -> None:
+    """Write (or complete) the ``PageSession`` rows of ended sessions, in one transaction."""
     with sessions() as s:
-        row = s.get(PageSession, sid)
-        if row is None:
-            row = PageSession(id=sid, site_id=site_id)
-            s.add(row)
-        row.page_path = meta.get("page_path", "")[:2000]
-        row.viewport_w = int(meta.get("viewport_w", 0))
-        row.viewport_h = int(meta.get("viewport_h", 0))
-        row.device_pixel_ratio = float(meta.get("dpr", 1.0))
-        row.pointer_type = meta.get("pointer_type", "mouse")[:16]
-        row.user_agent = meta.get("user_agent", "")[:1000]
-        row.client_ip = meta.get("client_ip", "")[:64]
-        row.status = "ended"
-        row.end_reason = reason
-        row.n_samples = int(meta.get("n_samples", 0))
-        started_ms = int(meta.get("started_ms", 0))
-        if started_ms:
-            row.started_at = dt.datetime.fromtimestamp(started_ms / 1000, dt.UTC)
-        row.ended_at = utcnow()
-        if meta.get("account"):
-            row.account_id = _account_id(s, site_id, meta["account"])
+        ids = [sid for sid, _meta, _reason in ends]
+        rows = {r.id: r for r in s.scalars(select(PageSession).where(PageSession.id.in_(ids)))}
+        wanted = {(int(m["site_id"]), m["account"]) for _sid, m, _r in ends if m.get("account")}
+        accounts = _account_ids(s, wanted)
+        for sid, meta, reason in ends:
+            site_id = int(meta["site_id"])
+            row = rows.get(sid)
+            if row is None:
+                row = rows[sid] = PageSession(id=sid, site_id=site_id)
+                s.add(row)
+            _fill_row(row, meta, reason, accounts.get((site_id, meta.get("account", ""))))
         s.commit()
+
+
+def _write_rows(sessions: sessionmaker[Session], ends: list[Ended]) -> list[str]:
+    """Rows of many sessions in one transaction; if that fails, one transaction each, so one
+    broken session does not hold up the others. Returns the sids whose row failed."""
+    try:
+        record_page_sessions(sessions, ends)
+        return []
+    except Exception:
+        if len(ends) == 1:
+            log.exception("could not end page session %s", ends[0][0])
+            return [ends[0][0]]
+        log.warning("writing %d ended page sessions at once failed; one at a time", len(ends))
+    failed = []
+    for end in ends:
+        try:
+            record_page_sessions(sessions, [end])
+        except Exception:  # logged and left to a later sweep; the others go on
+            log.exception("could not end page session %s", end[0])
+            failed.append(end[0])
+    return failed
+
+
+async def _record(svc: Services, won: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Write the rows of the sessions whose end this caller won; returns those written.
+    The others are released for a later sweep."""
+    metas = await store.read_metas(svc.redis, [sid for sid, _ in won])
+    gone = [sid for (sid, _), meta in zip(won, metas, strict=True) if meta is None]
+    if gone:
+        log.error("page sessions %s have no data in Redis: not ended", ", ".join(gone))
+    ends = [(sid, m, reason) for (sid, reason), m in zip(won, metas, strict=True) if m is not None]
+    failed = set(await run_in_threadpool(_write_rows, svc.sessions, ends) if ends else [])
+    await store.release_end(svc.redis, *gone, *failed)
+    return [(sid, reason) for sid, _meta, reason in ends if sid not in failed]
+
+
+async def end_sessions(
+    svc: Services, cfg: CollectorConfig, due: list[tuple[str, str]], now: float
+) -> list[str]:
+    """End each ``(sid, reason)`` of ``due`` once; returns the sids that this call ended.
+
+    Whoever wins a session's end lock writes its ``PageSession`` row and enqueues its one
+    mouse job; a session another caller won is left to it. The rows of all sessions won here
+    go in one database transaction and each Redis step is one round trip for all of them:
+    pages often end together, and one transaction and five round trips per session made
+    their ends the collector's largest cost."""
+    redis = svc.redis
+    won = await store.claim_ends(redis, due, cfg.caps.ttl_s)
+    if not won:
+        return []
+    try:
+        recorded = await _record(svc, won)
+    except BaseException:  # nothing enqueued yet: let a later sweep retry them all
+        await store.release_end(redis, *(sid for sid, _ in won))
+        raise
+    await asyncio.gather(
+        *(jobs.enqueue(redis, "mouse", {"session_id": sid}) for sid, _ in recorded)
+    )
+    await store.mark_all_ended(redis, recorded, now)
+    return [sid for sid, _ in recorded]
 
 
 async def end_session(
     svc: Services, cfg: CollectorConfig, sid: str, reason: str, now: float
 ) -> bool:
-    """End a session once: the caller that wins the lock writes the row and enqueues the job."""
-    redis = svc.redis
-    if not await store.claim_end(redis, sid, reason, cfg.caps.ttl_s):
-        return False
-    try:
-        meta = await store.read_meta(redis, sid)
-        await run_in_threadpool(record_page_session, svc.sessions, sid, meta, reason)
-    except Exception:
-        await store.release_end(redis, sid)  # nothing enqueued yet: let a later sweep retry
-        raise
-    await jobs.enqueue(redis, "mouse", {"session_id": sid})
-    await store.mark_ended(redis, sid, reason, now)
-    return True
+    """End one session once: True for the caller that ended it."""
+    return bool(await end_sessions(svc, cfg, [(sid, reason)], now))
+
+
+class SessionEnder:
+    """Ends the sessions whose pages sent their end-of-page record, all those waiting in one
+    :func:`end_sessions` call. Each caller waits for its own result; run :meth:`run` as a
+    task, and :meth:`stop` it so that the ends already asked for still happen."""
+
+    def __init__(self, app: Starlette, max_batch: int = 500) -> None:
+        self.app = app
+        self.max_batch = max_batch
+        self.queue: asyncio.Queue[tuple[str, str, asyncio.Future[bool]] | None] = asyncio.Queue()
+        self.closed = False
+
+    async def end(self, sid: str, reason: str) -> bool:
+        if self.closed:  # shutting down: each end on its own
+            return await end_session(
+                _services(self.app), _config(self.app), sid, reason, time.time()
+            )
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((sid, reason, future))
+        return await future
+
+    def stop(self) -> None:
+        self.closed = True
+        self.queue.put_nowait(None)
+
+    async def run(self) -> None:
+        while (first := await self.queue.get()) is not None:
+            batch, stopping = [first], False
+            while len(batch) < self.max_batch and not self.queue.empty():
+                item = self.queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            await self._end(batch)
+            if stopping:
+                return
+
+    async def _end(self, batch: list[tuple[str, str, asyncio.Future[bool]]]) -> None:
+        due = [(sid, reason) for sid, reason, _future in batch]
+        try:
+            ended = set(
+                await end_sessions(_services(self.app), _config(self.app), due, time.time())
+            )
+        except Exception as e:  # Redis down: every waiting page gets the error
+            for _sid, _reason, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        for sid, _reason, future in batch:
+            if not future.done():
+                future.set_result(sid in ended)
 
 
 async def sweep_once(svc: Services, cfg: CollectorConfig, now: float) -> int:
     """End every session closed beyond the grace period or idle too long; returns how many."""
-    ended = 0
-    for sid, reason in await store.due_sessions(svc.redis, now, cfg.grace_s, cfg.idle_s):
-        try:
-            ended += await end_session(svc, cfg, sid, reason, now)
-        except Exception:  # one broken session must not stop the sweep of the others
-            log.exception("could not end page session %s", sid)
-    return ended
+    due = await store.due_sessions(svc.redis, now, cfg.grace_s, cfg.idle_s)
+    return len(await end_sessions(svc, cfg, due, now)) if due else 0
 
 
 async def _sweep_forever(app: Starlette) -> None:
@@ -342,15 +471,21 @@ async def _sweep_forever(app: Starlette) -> None:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    """Runs the session sweeper and the Redis append batcher for as long as the app runs."""
+    """Runs the session sweeper, the Redis append batcher and the session ender for as long
+    as the app runs."""
     batcher = store.AppendBatcher(_services(app).redis)
+    ender = SessionEnder(app)
     app.state.collector_batcher = batcher
+    app.state.collector_ender = ender
+    ending = asyncio.create_task(ender.run())
     tasks = [asyncio.create_task(_sweep_forever(app)), asyncio.create_task(batcher.run())]
     try:
         yield
     finally:
+        ender.stop()  # ends already asked for still happen: their pages were acknowledged
+        await asyncio.wait([ending], timeout=10)
         app.state.collector_batcher = None
-        for task in tasks:
+        for task in [*tasks, ending]:
             task.cancel()
         await asyncio.wait(tasks, timeout=10)
         batcher.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
+from sqlalchemy import select
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
@@ -441,4 +442,96 @@ def test_new_frames_after_the_end_are_refused_but_resends_are_fine(
     code, _ = _rejected(client, [_hello(sid, key)])
     assert code == 4017
     assert redis_client.hget(keys.session_meta(sid), "n_samples") == b"30"
+    assert len(_jobs(redis_client)) == 1
+
+
+def _open_sessions(client: TestClient, key: str, accounts: list[str]) -> list[str]:
+    """One session per account ("" for none), each with one frame, socket closed."""
+    sids = []
+    for account in accounts:
+        sid = _sid()
+        with client.websocket_connect("/collect", headers={"origin": ORIGIN}) as ws:
+            ws.send_bytes(_hello(sid, key, account=account))
+            _send(ws, 0)
+        sids.append(sid)
+    return sids
+
+
+async def _end_all(settings: Settings, due: list[tuple[str, str]]) -> list[str]:
+    svc = await _services(settings)
+    try:
+        return await collect.end_sessions(svc, QUIET, due, time.time())
+    finally:
+        await svc.redis.aclose()
+        svc.engine.dispose()
+
+
+def test_sessions_ended_together_get_their_rows_accounts_and_one_job_each(
+    env: tuple, tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    client, key, db = env
+    accounts = ["shared", "", "shared", "alone", ""]
+    sids = _open_sessions(client, key, accounts)
+    settings = _settings(tmp_path, db, redis_url)
+    due = [(sid, "closed") for sid in sids]
+    ended = asyncio.run(_end_all(settings, [*due, due[0]]))  # a sid twice ends once
+    assert sorted(ended) == sorted(sids)
+    assert asyncio.run(_end_all(settings, due)) == []  # already ended: nobody ends it again
+    assert sorted(j[b"session_id"].decode() for j in _jobs(redis_client)) == sorted(sids)
+    assert redis_client.zcard(keys.LIVE_SESSIONS) == 0
+    engine = make_engine(db)
+    with make_sessionmaker(engine)() as s:
+        rows = [s.get(PageSession, sid) for sid in sids]
+        assert all(r is not None and r.status == "ended" and r.n_samples == 30 for r in rows)
+        assert all(r is not None and r.end_reason == "closed" for r in rows)
+        names = {a.id: a.external_id for a in s.scalars(select(Account))}
+        assert [names.get(r.account_id or 0, "") for r in rows if r] == accounts
+        assert len({r.account_id for r in rows if r and r.account_id}) == 2  # one "shared" row
+    engine.dispose()
+
+
+def test_one_broken_session_does_not_stop_the_others_from_ending(
+    quick: tuple, settings: Settings, redis_client: redis.Redis
+) -> None:
+    client, key, _app = quick
+    sids = _open_sessions(client, key, ["", "", ""])
+    broken = sids[1]
+    redis_client.hset(keys.session_meta(broken), "site_id", 987654)  # no such site: no row
+    ended = asyncio.run(_end_all(settings, [(sid, "closed") for sid in sids]))
+    assert sorted(ended) == sorted([sids[0], sids[2]])
+    assert sorted(j[b"session_id"].decode() for j in _jobs(redis_client)) == sorted(ended)
+    # the broken one is left live, unlocked, for a later sweep to retry
+    assert redis_client.exists(keys.session_end_lock(broken)) == 0
+    assert redis_client.hget(keys.session_meta(broken), "state") == b"live"
+    assert redis_client.zscore(keys.LIVE_SESSIONS, broken) is not None
+
+
+def test_an_ended_session_leaves_the_live_index_for_good(
+    quick: tuple, settings: Settings, redis_client: redis.Redis
+) -> None:
+    client, key, _app = quick
+    ended, closed = _sid(), _sid()
+    with client.websocket_connect("/collect", headers={"origin": ORIGIN}) as ws:
+        ws.send_bytes(_hello(ended, key))
+        _send(ws, 0, end="pagehide")
+    _wait_ended(redis_client, ended)
+    # closing the socket that ended it did not put it back among the live sessions
+    assert redis_client.zscore(keys.LIVE_SESSIONS, ended) is None
+    with client.websocket_connect("/collect", headers={"origin": ORIGIN}) as ws:
+        ws.send_bytes(_hello(closed, key))
+        _send(ws, 0)
+    # an ended session that got back there anyway (another of its sockets closed late) is
+    # dropped by the sweep instead of filling every sweep's first places until it expires
+    redis_client.zadd(keys.LIVE_SESSIONS, {ended: 1.0})
+
+    async def due(limit: int) -> list[tuple[str, str]]:
+        r = aioredis.Redis.from_url(settings.redis_url or "")
+        try:
+            return await store.due_sessions(r, time.time() + 3600, 5, 60, limit=limit)
+        finally:
+            await r.aclose()
+
+    assert asyncio.run(due(1)) == []
+    assert redis_client.zscore(keys.LIVE_SESSIONS, ended) is None
+    assert asyncio.run(due(1)) == [(closed, "closed")]
     assert len(_jobs(redis_client)) == 1

@@ -1,11 +1,12 @@
 import json
 import shutil
 import subprocess
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from renderer.errors import InvalidFrame
@@ -165,3 +166,39 @@ def test_node_encoder_passes_the_same_vectors() -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "# fail 0" in result.stdout
+
+
+def _outcome(decode: Any, data: bytes) -> tuple[Any, ...]:
+    try:
+        f = decode(data)
+    except InvalidFrame as e:
+        return ("error", e.code, str(e))
+    return ("ok", f.events, f.other, f.t_last, f.ended)
+
+
+small_steps = st.tuples(st.integers(0, 127), st.integers(-64, 63), st.integers(-64, 63))
+near_edge = st.integers(wire.MAX_COORD - 64, wire.MAX_COORD) | st.integers(
+    -wire.MAX_COORD, -wire.MAX_COORD + 64
+)
+anywhere = st.integers(-wire.MAX_COORD - 200, wire.MAX_COORD + 200)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(0, 2**20),
+    near_edge | anywhere,
+    near_edge | anywhere,
+    st.lists(st.lists(small_steps | steps, min_size=1, max_size=40), min_size=1, max_size=3),
+    st.integers(0, 3),
+)
+@example(0, wire.MAX_COORD - 1, 0, [[(1, 1, 0)], [(1, 1, 0)]], 0)  # to the edge, then past it
+@example(0, 0, -wire.MAX_COORD + 1, [[(1, 0, -1), (1, 0, -1)]], 0)
+def test_fast_moves_path_decodes_and_fails_exactly_like_the_exact_loop(
+    t0: int, x0: int, y0: int, records: list[list[tuple[int, int, int]]], cut: int
+) -> None:
+    # positions near the ±32767 limit, varints of every width, records cut short at the end
+    frame = wire.encode_frame(5, t0, x0, y0, [["moves", [list(d) for d in r]] for r in records])
+    data = frame[: len(frame) - cut]
+    assert _outcome(wire.decode_frame, data) == _outcome(
+        partial(wire.decode_frame, exact=True), data
+    )

@@ -739,21 +739,20 @@ def _blend_clicks(pixels: np.ndarray, ev: np.ndarray, cmap: Mapping, size: tuple
     (overlapping rings of one colour add up their coverage, clipped at 1)."""
     h, w = size
     code = ev[:, 3]
+    is_right = code == RIGHT_DOWN
     is_click = code == LEFT_DOWN
-    is_click |= code == RIGHT_DOWN
+    is_click |= is_right
     rows = is_click.nonzero()[0]
     if len(rows) == 0:
         return
     radius = max(2.0, 3.5 * min(h, w) / 224)
     ring = max(1.0, 1.5 * min(h, w) / 224)
-    taps, cover = _ring_taps(ev[rows, 1:3], cmap, radius, ring, size)
+    first, span, taps, cover = _ring_taps(ev[rows, 1:3], cmap, radius, ring, size)
     # both colours' coverage summed per pixel in one count over the span of pixels the rings
     # touch (left, then right); every tap then reads its pixel's totals, so repeated pixels
     # all write the same value and no de-duplication (a sort) is needed
-    first = int(taps.min())
-    span = int(taps.max()) - first + 1
-    taps -= first
-    label = taps + (code.take(rows) == RIGHT_DOWN)[:, None] * span
+    label = is_right.take(rows) * span
+    label = taps + label[:, None]
     alpha = np.bincount(label.ravel(), weights=cover.ravel(), minlength=2 * span)
     taps = taps.ravel()
     opacity = alpha.reshape(2, span).take(taps, axis=1)  # (2, taps): left, right
@@ -776,26 +775,39 @@ _CLICK_COLOURS = np.stack([LEFT_COLOUR, RIGHT_COLOUR], axis=1).astype(np.float64
 
 def _ring_taps(
     xy: np.ndarray, cmap: Mapping, radius: float, ring: float, size: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Flat pixel indices and coverage (M, K) of the rings around M viewport points, from the
-    precomputed kernels; taps outside the image point at pixel 0 with coverage 0."""
+) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """The rings around M viewport points, from the precomputed kernels: a first pixel and
+    a span of pixels (flat indices) holding all taps, and the taps' indices counted from
+    that first pixel and their coverage, each (M, K); taps outside the image point at
+    pixel 0 with coverage 0."""
     h, w = size
     ox, oy, kernels, reach = _ring_kernels(radius, ring)
+    offsets = _ring_offsets(radius, ring, w)
     # x and y together in 1/S-pixel steps: the pixel is step // S, the kernel step % S
-    steps = np.empty((2, len(xy)))
-    np.multiply(xy.T, cmap.scale * CLICK_SUBPIXEL, out=steps)
-    steps += np.array([[cmap.ox], [cmap.oy]]) * CLICK_SUBPIXEL
+    steps = xy * (cmap.scale * CLICK_SUBPIXEL)
+    steps += (cmap.ox * CLICK_SUBPIXEL, cmap.oy * CLICK_SUBPIXEL)
     pix, sub = np.divmod(np.floor(steps).astype(np.intp), CLICK_SUBPIXEL)
-    cols, rows = pix
-    phase = sub[0] * CLICK_SUBPIXEL + sub[1]
-    taps = (rows * w + cols)[:, None] + _ring_offsets(radius, ring, w)[phase]
-    cover = kernels[phase]
-    hi = pix.max(axis=1)
-    if pix.min() < reach or hi[0] >= w - reach or hi[1] >= h - reach:
-        cols, rows = cols[:, None] + ox[phase], rows[:, None] + oy[phase]
+    phase = sub @ _PHASE_OF_STEP
+    taps = offsets.take(phase, axis=0)
+    cover = kernels.take(phase, axis=0)
+    lo, hi = pix.min(axis=0).tolist(), pix.max(axis=0).tolist()
+    if min(lo) < reach or hi[0] >= w - reach or hi[1] >= h - reach:
+        cols, rows = pix[:, 0:1] + ox.take(phase, axis=0), pix[:, 1:2] + oy.take(phase, axis=0)
         inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        taps += (pix @ (1, w))[:, None]
         taps, cover = np.where(inside, taps, 0), np.where(inside, cover, 0.0)
-    return taps, cover
+        return 0, int(taps.max()) + 1, taps, cover
+    # the span from the centres' pixels and the kernels' reach, not from all the taps
+    first = lo[1] * w + lo[0] - (reach * w + reach)
+    last = hi[1] * w + hi[0] + (reach * w + reach)
+    base = pix @ (1, w)
+    base -= first
+    taps += base[:, None]
+    return first, last - first + 1, taps, cover
+
+
+_PHASE_OF_STEP = np.array([CLICK_SUBPIXEL, 1])
+"""A centre's kernel is ``CLICK_SUBPIXEL·(x step % S) + (y step % S)``."""
 
 
 @functools.lru_cache(maxsize=8)

@@ -98,7 +98,7 @@ def serve(args: argparse.Namespace) -> None:
         app,
         host="127.0.0.1",
         port=args.port,
-        ws="websockets",
+        ws=args.ws,
         ws_per_message_deflate=False,
         log_level="warning",
         backlog=4096,
@@ -280,7 +280,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30)
 def measure(kind: str, args: argparse.Namespace, db: str, redis_url: str, key: str) -> Result:
     port = free_port()
     cmd = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
-    cmd += ["--db", db, "--redis", redis_url]
+    cmd += ["--db", db, "--redis", redis_url, "--ws", args.ws]
     proc = subprocess.Popen(cmd, cwd=ROOT)
     try:
         wait_for_port(port, proc)
@@ -407,6 +407,13 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate-hz", type=int, default=200)
+    parser.add_argument(
+        "--ws",
+        default="websockets",
+        choices=["websockets", "websockets-sansio", "wsproto"],
+        help="uvicorn's WebSocket implementation, for both servers (trailguard serve uses "
+        "websockets)",
+    )
     parser.add_argument("--serve", choices=["echo", "trailguard"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)

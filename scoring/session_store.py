@@ -307,6 +307,7 @@ class AppendBatcher:
         self.queue: asyncio.Queue[_Append] = asyncio.Queue()
         self.in_flight: list[_Append] = []
         self.touches: dict[str, float] = {}
+        self.conn: Any = None
         self.closed = False
 
     async def append(
@@ -350,23 +351,31 @@ class AppendBatcher:
         return items
 
     async def run(self) -> None:
-        while True:
-            batch = [await self.queue.get()]
-            while len(batch) < self.max_batch and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            self.in_flight = batch
-            try:
-                results = await self._send(batch)
-            except Exception as e:  # Redis down: every caller in the batch gets the error
-                results = [e] * len(batch)
-            self.in_flight = []
-            for item, result in zip(batch, results, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(int(result))
+        try:
+            while True:
+                await self._run_one()
+        finally:
+            if self.conn is not None:
+                await self.redis.connection_pool.release(self.conn)
+                self.conn = None
+
+    async def _run_one(self) -> None:
+        batch = [await self.queue.get()]
+        while len(batch) < self.max_batch and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        self.in_flight = batch
+        try:
+            results = await self._send(batch)
+        except Exception as e:  # Redis down: every caller in the batch gets the error
+            results = [e] * len(batch)
+        self.in_flight = []
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(int(result))
 
     async def _send(self, batch: list[_Append]) -> list[Any]:
         touches, self.touches = self.touches, {}
@@ -374,7 +383,15 @@ class AppendBatcher:
         if touches:
             pairs = [v for sid, now in touches.items() for v in (now, sid)]
             commands.append(_resp("ZADD", keys.LIVE_SESSIONS, *pairs))
-        replies = await _round_trip(self.redis, commands)
+        if self.conn is None:  # kept from batch to batch: one batch is in flight at a time
+            self.conn = await self.redis.connection_pool.get_connection()
+        try:
+            replies = await _exchange(self.conn, commands)
+        except BaseException:
+            conn, self.conn = self.conn, None
+            await conn.disconnect()  # replies may still be on their way: never reuse it
+            await self.redis.connection_pool.release(conn)
+            raise
         results = replies[: len(batch)]
         for i, result in enumerate(results):
             if isinstance(result, NoScriptError):  # Redis restarted or flushed its scripts
@@ -383,25 +400,30 @@ class AppendBatcher:
         return results
 
 
+async def _exchange(conn: Any, commands: list[bytes]) -> list[Any]:
+    """Send RESP ``commands`` in one write on ``conn``; their replies, in order, a
+    :class:`ResponseError` in the place of a command that failed."""
+    await conn.send_packed_command(b"".join(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as e:
+            replies.append(e)
+    return replies
+
+
 async def _round_trip(redis: aioredis.Redis, commands: list[bytes]) -> list[Any]:
-    """Send RESP ``commands`` in one write on a pooled connection; their replies, in order,
-    a :class:`ResponseError` in the place of a command that failed."""
+    """:func:`_exchange` on a connection from ``redis``'s pool."""
     pool = redis.connection_pool
     conn = await pool.get_connection()
     try:
-        await conn.send_packed_command(b"".join(commands))
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as e:
-                replies.append(e)
+        return await _exchange(conn, commands)
     except BaseException:
         await conn.disconnect()  # replies may still be on their way: never reuse it
         raise
     finally:
         await pool.release(conn)
-    return replies
 
 
 async def update_meta(redis: aioredis.Redis, sid: str, fields: dict[str, str | int]) -> None:

@@ -44,3 +44,39 @@ def test_live_marks_ride_with_the_next_batch_and_results_stay_per_frame(redis_ur
     assert results == [store.APPENDED, store.APPENDED, store.DUPLICATE]
     assert touched == 250.0
     assert untouched is None  # nobody marked it; opening a session does not either
+
+
+async def _append_across_a_dropped_connection(redis_url: str) -> tuple[int, str, int]:
+    client = aioredis.Redis.from_url(redis_url)
+    batcher = store.AppendBatcher(client)
+    runner = asyncio.create_task(batcher.run())
+    sid = secrets.token_hex(16)
+    events = [(10, 1, 2, 0)]
+    try:
+        await store.open_session(
+            client, sid, 1, {"site_key": "k"}, connection=True, now=1, ttl_s=60
+        )
+        first = await batcher.append(sid, 0, events, 10, 10, 2.0, store.Caps())
+        # Redis drops the connection the batcher keeps between batches
+        await batcher.conn.send_command("CLIENT", "ID")
+        await client.client_kill_filter(_id=await batcher.conn.read_response())
+        try:
+            await batcher.append(sid, 1, events, 20, 20, 3.0, store.Caps())
+            failed = "stored"
+        except Exception as e:  # the callers of the batch that met the drop get its error
+            failed = type(e).__name__
+        again = await batcher.append(sid, 2, events, 30, 30, 4.0, store.Caps())
+        return first, failed, again
+    finally:
+        runner.cancel()
+        await asyncio.wait([runner])
+        batcher.close()
+        await client.aclose()
+
+
+def test_a_dropped_redis_connection_fails_its_batch_and_the_next_batch_reconnects(
+    redis_url: str,
+) -> None:
+    first, failed, again = asyncio.run(_append_across_a_dropped_connection(redis_url))
+    assert (first, again) == (store.APPENDED, store.APPENDED)
+    assert failed == "ConnectionError"

@@ -334,3 +334,37 @@ def test_model_channels_match_the_values_the_models_were_trained_on():
     peaks = [1.0, 1.0, 0.3232, 0.8108, 0.3906, 0.664, 1.0, 1.0]
     assert out.reshape(8, -1).sum(1) == pytest.approx(sums, abs=2e-3)
     assert np.abs(out).reshape(8, -1).max(1) == pytest.approx(peaks, abs=2e-4)
+
+
+# --- the picture for people: frozen too (review images and the baseline model read it) -----
+
+
+def _walk(seed: int, n: int) -> np.ndarray:
+    """A random-walk session with gaps, clicks of both buttons and rings at the edges."""
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.integers(1, 25, n)).astype(float)
+    t[rng.integers(0, n, 3)] += 2000.0  # pauses longer than GAP_MS are not drawn
+    t = np.maximum.accumulate(t)
+    xy = np.cumsum(rng.normal(0, 6, (n, 2)), axis=0) + np.array([960.0, 540.0])
+    code = np.where(rng.random(n) < 0.02, rng.choice([1, 2, 3, 4], n), 0)
+    ev = np.column_stack([t, xy, code])
+    ev[:5, 1:3] = [[2, 2], [1910, 3], [5, 1075], [1918, 1078], [960, 0]]
+    ev[:5, 3] = [1, 3, 1, 3, 1]
+    return ev
+
+
+@pytest.mark.parametrize(
+    ("seed", "n", "size", "gain", "sums", "inked"),
+    [
+        (0, 3000, (224, 224), 1.6, [12644356, 12495202, 12304761], 3462),
+        (1, 800, (100, 300), 1.6, [7622966, 7551724, 7399304], 1772),
+        (2, 5000, (64, 64), 1.6, [1008704, 978017, 921995], 780),
+        (3, 3000, (224, 224), 0.5, [12675442, 12585945, 12493864], 3143),
+    ],
+)
+def test_trail_pictures_match_the_renderer_before_the_speed_work(seed, n, size, gain, sums, inked):
+    # computed by the renderer at commit fabd2f4, before the second speed pass; the pictures
+    # since are byte-identical on these and on 340 synthetic and random sessions
+    img = render_trail(_walk(seed, n), VIEWPORT, size, gain)
+    assert img.reshape(-1, 3).astype(np.int64).sum(0).tolist() == sums
+    assert int((img.min(-1) < 255).sum()) == inked

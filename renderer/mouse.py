@@ -531,7 +531,7 @@ def _paint_trail(
         code += _opacity(ink, line_gain) * TRAIL_LEVELS
     else:  # the same values from a table: raw ink is a whole number
         np.minimum(ink, len(steps) - 1, out=ink)
-        code += steps.take(ink.astype(np.intp))
+        code += steps.take(ink.astype(np.intp), mode=_IN_RANGE)
     # np.put writes 3-byte items faster than fancy assignment; ``nz`` counts from ``start``
     np.put(pixels[start:], nz, _TRAIL_TABLE.take(code))
 
@@ -571,6 +571,10 @@ def _blank(h: int, w: int) -> np.ndarray:
     blank.flags.writeable = False
     return blank
 
+
+_IN_RANGE = "wrap"
+"""``take`` mode for indices that are in range by construction: numpy's wrapping path is
+about 30% faster than its bounds-checking one and gives the same result for them."""
 
 TAP_STEPS = 32
 """Sample positions are rounded to 1/32 px inside their pixel, so the bilinear tap weights
@@ -612,7 +616,7 @@ def _splat_path(
         wt *= at[5]
         count = _count_taps(base, wt, w, band)
         nz = (count > 0).nonzero()[0]  # 5× faster than the nonzero entries of count
-        level_sum = count.take(nz)
+        level_sum = count.take(nz, mode=_IN_RANGE)
         ink = level_sum * (1 / _PACK)
         np.floor(ink, out=ink)
         level_sum -= ink * _PACK  # exact: the fractional part of level_sum / 2⁴⁰, scaled back
@@ -698,7 +702,7 @@ def _samples(geo: np.ndarray, length: np.ndarray, seg: np.ndarray) -> np.ndarray
     sample's position. ``geo``'s segment vectors become unit vectors."""
     step = geo[2:4, :-1]
     step /= np.maximum(length, 1e-12)  # unit vectors (segments of length 0 hold no sample)
-    at: np.ndarray = geo.take(seg, axis=1)
+    at: np.ndarray = geo.take(seg, axis=1, mode=_IN_RANGE)
     along = at[4]
     np.subtract(np.arange(0.5, len(seg), 1.0), along, out=along)  # from the segment's start
     q = at[2:4]
@@ -755,7 +759,7 @@ def _blend_clicks(pixels: np.ndarray, ev: np.ndarray, cmap: Mapping, size: tuple
     label = taps + label[:, None]
     alpha = np.bincount(label.ravel(), weights=cover.ravel(), minlength=2 * span)
     taps = taps.ravel()
-    opacity = alpha.reshape(2, span).take(taps, axis=1)  # (2, taps): left, right
+    opacity = alpha.reshape(2, span).take(taps, axis=1, mode=_IN_RANGE)  # left, right
     np.minimum(opacity, 1.0, out=opacity)
     left_a, right_a = opacity
     # over-compositing left then right: pixel·(1-aL)(1-aR) + L·aL(1-aR) + R·aR
@@ -788,8 +792,8 @@ def _ring_taps(
     steps += (cmap.ox * CLICK_SUBPIXEL, cmap.oy * CLICK_SUBPIXEL)
     pix, sub = np.divmod(np.floor(steps).astype(np.intp), CLICK_SUBPIXEL)
     phase = sub @ _PHASE_OF_STEP
-    taps = offsets.take(phase, axis=0)
-    cover = kernels.take(phase, axis=0)
+    taps = offsets.take(phase, axis=0, mode=_IN_RANGE)
+    cover = kernels.take(phase, axis=0, mode=_IN_RANGE)
     lo, hi = pix.min(axis=0).tolist(), pix.max(axis=0).tolist()
     if min(lo) < reach or hi[0] >= w - reach or hi[1] >= h - reach:
         cols, rows = pix[:, 0:1] + ox.take(phase, axis=0), pix[:, 1:2] + oy.take(phase, axis=0)

@@ -17,6 +17,7 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 
@@ -572,7 +573,7 @@ def _blank(h: int, w: int) -> np.ndarray:
     return blank
 
 
-_IN_RANGE = "wrap"
+_IN_RANGE: Final = "wrap"
 """``take`` mode for indices that are in range by construction: numpy's wrapping path is
 about 30% faster than its bounds-checking one and gives the same result for them."""
 

@@ -820,6 +820,7 @@ def _ring_offsets(radius: float, ring: float, w: int) -> np.ndarray:
     """The kernels' pixel offsets (S², K) as flat indices in an image ``w`` pixels wide."""
     ox, oy, _, _ = _ring_kernels(radius, ring)
     offsets: np.ndarray = oy * w + ox
+    offsets.flags.writeable = False  # shared by every call (cached)
     return offsets
 
 

@@ -142,3 +142,31 @@ def test_false_alarms_are_reported_by_session_length_in_windows():
         "2-3": {"genuine": 2, "false_alarm_rate": 0.5},
         "4+": {"genuine": 1, "false_alarm_rate": 0.0},
     }
+
+
+def test_calibration_leaves_the_backbone_and_the_heads_unchanged():
+    """Pieces are cut from their own random stream: how thresholds are set cannot change a
+    score, so the AUC is the same whatever the calibration settings."""
+    torch.set_num_threads(1)
+    train, _ = owner_sets(
+        SynthConfig(accounts=3, outsiders=1, enrol_sessions=5, enrol_events=1500, seed=3)
+    )
+    model_cfg, prep = ModelConfig(width=0.0625, size=32), Preprocessing(size=32)
+    models = [
+        train_owner(
+            train,
+            model_cfg,
+            prep,
+            TrainConfig(epochs=1, progress=False, calib_lengths=PieceLengths(cuttings=c)),
+        )
+        for c in (1, 3)
+    ]
+    a, b = models
+    for (name, x), y in zip(
+        a.model.state_dict().items(), b.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(x, y), name
+    for user, head in a.heads.items():
+        np.testing.assert_array_equal(head.weight, b.heads[user].weight)
+        assert head.bias == b.heads[user].bias
+    assert a.metrics["calibration_pieces"] < b.metrics["calibration_pieces"]

@@ -33,7 +33,12 @@ NORMAL_NODES = 64
 
 @dataclass(frozen=True)
 class PieceLengths:
-    """Lengths (events) of the page sessions that get scored: log-uniform in [min, max]."""
+    """Lengths (events) of the page sessions that get scored: log-uniform in [min, max].
+
+    The defaults are the evaluation protocol's page sessions (100-5,000 events, log-uniform);
+    a site whose pages are longer or shorter sets its own. Two cuttings of each held-out
+    session: on two models trained on 8,000-event sessions the false-alarm rate moved with
+    the cutting seed by 0.6-1.5 points (sd) with one cutting and 0.5-0.9 with two."""
 
     min_events: int = 100
     max_events: int = 5000

@@ -8,7 +8,8 @@ one quick epoch on synthetic people: its accuracy is irrelevant here, its cost i
 runs ``trailguard``'s app in one uvicorn process. Then:
 
 1. ``--pages`` page sessions of ``--page-seconds`` of synthetic human movement are sent
-   through ``/collect`` and stay live, and ``--cold-seconds`` × ``--rate`` more for step 4.
+   through ``/collect`` and stay live (their sockets stay open to the end: visits in
+   progress), and ``--cold-seconds`` × ``--rate`` more for step 4.
    They are bulk-loaded (as fast as acks come), not streamed in real time: the server's
    pre-scorer (:mod:`scoring.prescore`) scores their complete windows in the background, and
    the benchmark waits until it has caught up, reporting how long that took and its CPU per
@@ -48,6 +49,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,16 +196,25 @@ def train_models(db: str, model_dir: Path) -> float:
     from scoring.mouse.model import ModelConfig
     from scoring.mouse.synth import SynthConfig, group_sets, owner_sets
     from scoring.mouse.train import TrainConfig, train_group, train_owner
+    from server.commands.mouse import TASK_DEFAULTS
 
     t0 = time.perf_counter()
     torch.set_num_threads(2)
-    cfg = SynthConfig(accounts=len(ACCOUNTS), enrol_sessions=1, enrol_events=1200)
-    cfg = SynthConfig(**{**cfg.__dict__, "group_people": 6, "group_sessions": 2})
+    cfg = SynthConfig(
+        accounts=len(ACCOUNTS),
+        enrol_sessions=1,
+        enrol_events=1200,
+        group_train_people=6,
+        group_test_people=0,
+        group_sessions=2,
+    )
     enrol, _ = owner_sets(cfg)
     people, _ = group_sets(cfg)
     train = TrainConfig(epochs=1, batch_size=32, progress=False)
     owner = train_owner(enrol, ModelConfig(), Preprocessing(), train)
-    group = train_group(people, ModelConfig(), Preprocessing(), train)
+    # each network with its production windows (the group model's are page-visit-scale)
+    group_prep = Preprocessing(window_events=int(TASK_DEFAULTS["group"]["window_events"]))
+    group = train_group(people, ModelConfig(), group_prep, train)
     engine = make_engine(db)
     with make_sessionmaker(engine)() as s:
         for model, version in ((owner, "bench-owner"), (group, "bench-group")):
@@ -249,13 +260,89 @@ async def send_page(url: str, key: str, account: str, frames: list[bytes], pace_
 
     sid = secrets.token_hex(16)
     async with connect(url, additional_headers={"Origin": ORIGIN}, compression=None) as ws:
-        await ws.send(hello(sid, key, account))
-        for frame in frames:
-            await ws.send(frame)
-            await ws.recv()
-            if pace_s:
-                await asyncio.sleep(pace_s)
+        await send_frames(ws, sid, key, account, frames, pace_s)
     return sid
+
+
+async def send_frames(
+    ws: Any, sid: str, key: str, account: str, frames: list[bytes], pace_s: float
+) -> None:
+    await ws.send(hello(sid, key, account))
+    for frame in frames:
+        await ws.send(frame)
+        await ws.recv()
+        if pace_s:
+            await asyncio.sleep(pace_s)
+
+
+class OpenPages:
+    """Bulk-loaded pages whose sockets stay open until :meth:`close`: visits in progress.
+
+    They run on an event loop in a thread of their own, so the steps' ``asyncio.run`` calls
+    come and go while the pages stay live. A page whose socket closes ends after the
+    collector's grace period (10 s) and leaves the live directory the pre-scorer works from:
+    when this benchmark closed each page once it was sent, the pages loaded last ended before
+    the pre-scorer reached them, and the cold phase found a quarter of their windows unscored
+    — an artefact (a visit's first decision comes while its page is open), not the product.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.release = asyncio.Event()
+        self.held: list[asyncio.Task[None]] = []
+
+    def ingest(self, base: str, site: Site, n: int, seconds: float, seed0: int) -> list[str]:
+        """``n`` pages of ``seconds`` each through /collect, eight sending at a time; their
+        sockets stay open."""
+        coro = self._ingest(base, site, n, seconds, seed0)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def _ingest(self, base: str, site: Site, n: int, seconds: float, seed0: int) -> list[str]:
+        url = base.replace("http", "ws") + "/collect"
+        paths = [page_path(seconds, seed0 + i) for i in range(n)]
+        if paths:
+            mean = np.mean([len(p) for p in paths])
+            step(f"pages: {n} × {seconds:.0f} s, {mean:.0f} samples each")
+        gate = asyncio.Semaphore(8)
+
+        async def one(i: int, path: np.ndarray) -> str:
+            await gate.acquire()
+            sent: asyncio.Future[str] = self.loop.create_future()
+            sent.add_done_callback(lambda _f: gate.release())
+            task = self._hold(url, site.key, account_of(i), frames_of(path), sent)
+            self.held.append(asyncio.create_task(task))
+            return await sent
+
+        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(paths))))
+
+    async def _hold(
+        self, url: str, key: str, account: str, frames: list[bytes], sent: asyncio.Future[str]
+    ) -> None:
+        from websockets.asyncio.client import connect
+
+        sid = secrets.token_hex(16)
+        try:
+            async with connect(url, additional_headers={"Origin": ORIGIN}, compression=None) as ws:
+                await send_frames(ws, sid, key, account, frames, 0)
+                sent.set_result(sid)
+                await self.release.wait()
+        except Exception as e:
+            if not sent.done():
+                sent.set_exception(e)
+            raise
+
+    def close(self) -> None:
+        """Close every held socket (the pages end after the grace period) and the loop."""
+
+        async def done() -> None:
+            self.release.set()
+            await asyncio.gather(*self.held, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(done(), self.loop).result(timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
 
 
 @dataclass
@@ -428,12 +515,13 @@ def run_all(args: argparse.Namespace, root: Path, redis_url: str) -> Results:
     cmd += ["--torch-threads", str(args.torch_threads)]
     cmd += ["--profile", args.profile] if args.profile else []
     server = subprocess.Popen(cmd, cwd=ROOT)
+    pages = OpenPages()
     try:
         wait_for_port(port, server)
         base = f"http://127.0.0.1:{port}"
-        sids = asyncio.run(ingest_pages(base, site, args.pages, args.page_seconds, 0))
+        sids = pages.ingest(base, site, args.pages, args.page_seconds, 0)
         n_cold = int(args.rate * args.cold_seconds)
-        cold_sids = asyncio.run(ingest_pages(base, site, n_cold, args.page_seconds, 10_000))
+        cold_sids = pages.ingest(base, site, n_cold, args.page_seconds, 10_000)
         catch_up = asyncio.run(wait_for_prescoring(base, server.pid))
         step(f"pages ingested; pre-scoring caught up {catch_up.seconds:.1f} s later; baseline")
         idle = asyncio.run(baseline(base, site, sids, args.baseline))
@@ -446,6 +534,7 @@ def run_all(args: argparse.Namespace, root: Path, redis_url: str) -> Results:
         if args.profile:
             server.send_signal(signal.SIGUSR1)
             time.sleep(3)
+        pages.close()
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -501,21 +590,6 @@ def decision_details(db: str) -> dict[int, dict[str, Any]]:
 
 def ms(values: list[float], q: float) -> float:
     return float(np.percentile(values, q) * 1000) if values else float("nan")
-
-
-async def ingest_pages(base: str, site: Site, n: int, seconds: float, seed0: int) -> list[str]:
-    """``n`` pages of ``seconds`` each through /collect, eight at a time."""
-    url = base.replace("http", "ws") + "/collect"
-    paths = [page_path(seconds, seed0 + i) for i in range(n)]
-    if paths:
-        step(f"pages: {n} × {seconds:.0f} s, {np.mean([len(p) for p in paths]):.0f} samples each")
-    gate = asyncio.Semaphore(8)
-
-    async def one(i: int, path: np.ndarray) -> str:
-        async with gate:
-            return await send_page(url, site.key, account_of(i), frames_of(path), 0)
-
-    return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(paths))))
 
 
 async def baseline(base: str, site: Site, sids: list[str], n: int) -> Load:

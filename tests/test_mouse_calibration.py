@@ -128,8 +128,10 @@ def test_calibrated_thresholds_on_fresh_genuine_sessions():
     far = float(np.mean(flagged))
     assert model.metrics["calibration_pieces"] > 6 * 2 * 3
     # 400 fresh sessions (binomial sd 1.1 points) and thresholds set from 12 held-out
-    # sessions of 3,000 events: measured TODO
-    assert 0.01 <= far <= 0.10, far
+    # sessions of 3,000 events, so the session-shift variance rests on 6 degrees of freedom:
+    # measured 2.5 % here (seed 7), 4.75 % and 10.0 % with generator seeds 8 and 9; the
+    # full-size figures (4.1 %; medium 3.7-4.8 %) are in docs/mouse.md
+    assert 0.01 <= far <= 0.12, far
 
 
 def test_false_alarms_are_reported_by_session_length_in_windows():

@@ -214,19 +214,6 @@ def _append_keys(sid: str) -> list[str]:
     ]
 
 
-def _append_call(
-    sid: str,
-    seq: int,
-    events: list[tuple[int, int, int, int]],
-    t_first: int,
-    t_last: int,
-    now: float,
-    caps: Caps,
-) -> tuple[list[str], list[Any]]:
-    args: list[Any] = [seq, pack_events(events), len(events), t_first, t_last, int(now)]
-    return _append_keys(sid), [*args, caps.ttl_s, caps.max_total_samples, caps.max_rate_hz]
-
-
 async def append_frame(
     redis: aioredis.Redis,
     sid: str,
@@ -238,7 +225,23 @@ async def append_frame(
     caps: Caps,
 ) -> int:
     """Store one frame's events unless already stored; one of the result constants."""
-    return await _append(redis, *_append_call(sid, seq, events, t_first, t_last, now, caps))
+    args = [seq, pack_events(events), len(events), t_first, t_last, int(now)]
+    return await _append_alone(redis, sid, args, caps)
+
+
+async def append_packed(
+    redis: aioredis.Redis,
+    sid: str,
+    seq: int,
+    packed: bytes,
+    n: int,
+    t_first: int,
+    t_last: int,
+    now: float,
+    caps: Caps,
+) -> int:
+    """:func:`append_frame` of ``n`` events already packed as :data:`SAMPLE_DTYPE` records."""
+    return await _append_alone(redis, sid, [seq, packed, n, t_first, t_last, int(now)], caps)
 
 
 def _bulk(args: Iterable[bytes | str | float]) -> bytes:
@@ -314,13 +317,15 @@ class AppendBatcher:
         self,
         sid: str,
         seq: int,
-        events: list[tuple[int, int, int, int]],
+        packed: bytes,
+        n: int,
         t_first: int,
         t_last: int,
         now: float,
         caps: Caps,
     ) -> int:
-        args = [seq, pack_events(events), len(events), t_first, t_last, int(now)]
+        """:func:`append_packed`, with the next batch."""
+        args = [seq, packed, n, t_first, t_last, int(now)]
         if self.closed:  # shutting down: no batches any more, one round trip each
             return await _append_alone(self.redis, sid, args, caps)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -201,11 +201,11 @@ class Ingest:
             self._take_tokens(frame.n_samples)
         now = time.time()
         batcher = getattr(self.app.state, "collector_batcher", None)
-        args = (self.sid, frame.seq, frame.events, frame.t0, frame.t_last, now, self.cfg.caps)
+        args = (self.sid, frame.seq, bytes(frame.packed), frame.n_samples, frame.t0, frame.t_last)
         if isinstance(batcher, store.AppendBatcher):
-            status = await batcher.append(*args)
+            status = await batcher.append(*args, now, self.cfg.caps)
         else:  # an app run without its lifespan (no batcher task): one round trip per frame
-            status = await store.append_frame(self.svc.redis, *args)
+            status = await store.append_packed(self.svc.redis, *args, now, self.cfg.caps)
         _raise_for(status, frame)
         if status == store.APPENDED and frame.other:
             await self._apply_records(frame)

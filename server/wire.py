@@ -8,9 +8,11 @@ and WebSocket close code, so a client (and a log reader) knows exactly what was 
 
 from __future__ import annotations
 
+import functools
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import accumulate, repeat
+from itertools import accumulate, chain
 from typing import Any
 
 from renderer.errors import InvalidFrame
@@ -99,24 +101,39 @@ class Hello:
     started_ms: int
 
 
+EVENT = struct.Struct("<IhhB")
+"""One decoded pointer event, packed as Redis stores it (``session_store.SAMPLE_DTYPE``): ``t``
+in 0.1 ms units since the page session started, x, y, event code."""
+
+
+@functools.lru_cache(maxsize=128)
+def _events(n: int) -> struct.Struct:
+    return struct.Struct("<" + "IhhB" * n)
+
+
 @dataclass
 class Frame:
-    """One decoded frame. ``events`` rows are ``(t, x, y, code)`` with ``t`` in 0.1 ms units
-    since the page session started; ``other`` holds the non-pointer records as tuples
-    ``(name, t, *values)``."""
+    """One decoded frame. Its pointer events are ``packed`` as :data:`EVENT` records (the
+    collector stores them as they are); ``events`` unpacks them as ``(t, x, y, code)`` rows.
+    ``other`` holds the non-pointer records as tuples ``(name, t, *values)``."""
 
     seq: int
     t0: int
     x0: int
     y0: int
-    events: list[tuple[int, int, int, int]] = field(default_factory=list)
+    packed: bytearray = field(default_factory=bytearray)
+    n_samples: int = 0
     other: list[tuple[object, ...]] = field(default_factory=list)
     t_last: int = 0
     ended: bool = False
 
     @property
-    def n_samples(self) -> int:
-        return len(self.events)
+    def events(self) -> list[tuple[int, int, int, int]]:
+        return list(EVENT.iter_unpack(self.packed))
+
+    def add(self, t: int, x: int, y: int, code: int) -> None:
+        self.packed += EVENT.pack(t, x, y, code)
+        self.n_samples += 1
 
 
 class Reader:
@@ -246,41 +263,48 @@ class _FrameDecoder:
         n = r.uv()
         if n == 0:
             raise fail("bad_field", "a moves record needs at least one sample")
-        if len(self.f.events) + n > MAX_FRAME_SAMPLES:
+        if self.f.n_samples + n > MAX_FRAME_SAMPLES:
             raise fail("too_many_samples", f"a frame of over {MAX_FRAME_SAMPLES} samples")
         if self.exact or not self._moves_fast(n):
-            self._moves_exact(n)
-        if self.t > MAX_TIME:
-            raise fail("bad_field", f"time {self.t} exceeds {MAX_TIME} (24 h)")
+            rows = self._moves_exact(n)
+            if self.t > MAX_TIME:
+                raise fail("bad_field", f"time {self.t} exceeds {MAX_TIME} (24 h)")
+            self.f.packed += _events(len(rows)).pack(*chain.from_iterable(rows))
+            self.f.n_samples += len(rows)
 
     def _moves_fast(self, n: int) -> bool:
-        """The common record, done in C-level loops: every varint one byte, every position in
-        range. Returns False, having read nothing, for anything else; :meth:`_moves_exact`
-        then decodes it and names the fault exactly as it always did."""
+        """The common record, in C-level loops: every varint one byte, every position and the
+        time in range. Returns False, having read nothing, for anything else: the exact loop
+        then decodes it and names any fault as it always did."""
         r = self.r
         end = r.pos + 3 * n
         body = r.data[r.pos : end]
-        if len(body) != 3 * n or not body.isascii():  # short, or a longer varint somewhere
+        if len(body) != 3 * n or not body.isascii():  # cut short, or a longer varint in it
             return False
         ts = list(accumulate(body[0::3], initial=self.t))
         xs = list(accumulate(memoryview(body[1::3].translate(_UNZIGZAG)).cast("b"), initial=self.x))
         ys = list(accumulate(memoryview(body[2::3].translate(_UNZIGZAG)).cast("b"), initial=self.y))
-        if max(xs) > MAX_COORD or min(xs) < -MAX_COORD:
+        if max(xs) > MAX_COORD or min(xs) < -MAX_COORD or ts[-1] > MAX_TIME:
             return False
         if max(ys) > MAX_COORD or min(ys) < -MAX_COORD:
             return False
-        self.f.events.extend(zip(ts[1:], xs[1:], ys[1:], repeat(MOVE, n), strict=True))
+        flat = [MOVE] * (4 * n)  # t, x, y, code per event, packed without a tuple each
+        flat[0::4], flat[1::4], flat[2::4] = ts[1:], xs[1:], ys[1:]
+        self.f.packed += _events(n).pack(*flat)
+        self.f.n_samples += n
         r.pos = end
         self.t, self.x, self.y = ts[-1], xs[-1], ys[-1]
         return True
 
-    def _moves_exact(self, n: int) -> None:
+    def _moves_exact(self, n: int) -> list[tuple[int, int, int, int]]:
+        """``n`` samples one by one; their events, packed by the caller once the time is
+        known to be in range (checked at the record's end, as it always was)."""
         r = self.r
         # One-byte varints are still read inline; longer ones, and every error, go through
         # the Reader.
         data, pos, end = r.data, r.pos, len(r.data)
         t, x, y = self.t, self.x, self.y
-        append = self.f.events.append
+        rows = []
         for _ in range(n):
             if pos + 3 <= end and (data[pos] | data[pos + 1] | data[pos + 2]) < 0x80:
                 dt, zx, zy = data[pos], data[pos + 1], data[pos + 2]
@@ -296,9 +320,10 @@ class _FrameDecoder:
                 pos = r.pos
             if x > MAX_COORD or x < -MAX_COORD or y > MAX_COORD or y < -MAX_COORD:
                 raise fail("insane_coordinates", f"position ({x}, {y}) is out of range")
-            append((t, x, y, MOVE))
+            rows.append((t, x, y, MOVE))
         r.pos = pos
         self.t, self.x, self.y = t, x, y
+        return rows
 
     def button(self, codes: dict[int, int]) -> None:
         r = self.r
@@ -306,12 +331,12 @@ class _FrameDecoder:
         button = r.u8()
         if button not in codes:
             raise fail("bad_field", f"button {button} is not left, middle or right")
-        self.f.events.append((self.t, self.x, self.y, codes[button]))
+        self.f.add(self.t, self.x, self.y, codes[button])
 
     def wheel(self) -> None:
         r = self.r
         self.step(r.uv(), r.zz(), r.zz())
-        self.f.events.append((self.t, self.x, self.y, WHEEL))
+        self.f.add(self.t, self.x, self.y, WHEEL)
         self.f.other.append(("wheel", self.t, r.zz(), r.zz()))
 
     def timed(self) -> int:

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from scoring import keys
 from scoring import session_store as store
+from server import wire
 
 
 async def _appended_and_touched(redis_url: str) -> tuple[list[int], float | None, float | None]:
@@ -22,11 +23,12 @@ async def _appended_and_touched(redis_url: str) -> tuple[list[int], float | None
                 client, s, 1, {"site_key": "k"}, connection=True, now=100.0, ttl_s=60
             )
         events = [(10, 1, 2, 0), (20, 3, 4, 0)]
-        first = await batcher.append(sid, 0, events, 10, 20, 101.0, store.Caps())
+        packed = (store.pack_events(events), len(events))
+        first = await batcher.append(sid, 0, *packed, 10, 20, 101.0, store.Caps())
         batcher.touch(sid, 250.0)
         # the mark rides with the next batch, whoever's frame it carries
-        second = await batcher.append(other, 0, events, 10, 20, 102.0, store.Caps())
-        again = await batcher.append(sid, 0, events, 10, 20, 103.0, store.Caps())
+        second = await batcher.append(other, 0, *packed, 10, 20, 102.0, store.Caps())
+        again = await batcher.append(sid, 0, *packed, 10, 20, 103.0, store.Caps())
         return (
             [first, second, again],
             await client.zscore(keys.LIVE_SESSIONS, sid),
@@ -51,21 +53,21 @@ async def _append_across_a_dropped_connection(redis_url: str) -> tuple[int, str,
     batcher = store.AppendBatcher(client)
     runner = asyncio.create_task(batcher.run())
     sid = secrets.token_hex(16)
-    events = [(10, 1, 2, 0)]
+    packed = (store.pack_events([(10, 1, 2, 0)]), 1)
     try:
         await store.open_session(
             client, sid, 1, {"site_key": "k"}, connection=True, now=1, ttl_s=60
         )
-        first = await batcher.append(sid, 0, events, 10, 10, 2.0, store.Caps())
+        first = await batcher.append(sid, 0, *packed, 10, 10, 2.0, store.Caps())
         # Redis drops the connection the batcher keeps between batches
         await batcher.conn.send_command("CLIENT", "ID")
         await client.client_kill_filter(_id=await batcher.conn.read_response())
         try:
-            await batcher.append(sid, 1, events, 20, 20, 3.0, store.Caps())
+            await batcher.append(sid, 1, *packed, 20, 20, 3.0, store.Caps())
             failed = "stored"
         except Exception as e:  # the callers of the batch that met the drop get its error
             failed = type(e).__name__
-        again = await batcher.append(sid, 2, events, 30, 30, 4.0, store.Caps())
+        again = await batcher.append(sid, 2, *packed, 30, 30, 4.0, store.Caps())
         return first, failed, again
     finally:
         runner.cancel()
@@ -80,3 +82,12 @@ def test_a_dropped_redis_connection_fails_its_batch_and_the_next_batch_reconnect
     first, failed, again = asyncio.run(_append_across_a_dropped_connection(redis_url))
     assert (first, again) == (store.APPENDED, store.APPENDED)
     assert failed == "ConnectionError"
+
+
+def test_frames_are_decoded_straight_into_the_stored_record_layout() -> None:
+    samples = [(1000 + 50 * i, 500 + (i * 7) % 13 - 6, 300 - i) for i in range(40)]
+    frame = wire.decode_frame(wire.encode_moves(0, samples))
+    assert wire.EVENT.size == store.SAMPLE_DTYPE.itemsize
+    assert bytes(frame.packed) == store.pack_events(frame.events)
+    rows = store.unpack_events(bytes(frame.packed)).tolist()
+    assert rows == [[t / 10, x, y, 0] for t, x, y in samples]

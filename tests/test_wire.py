@@ -181,22 +181,38 @@ near_edge = st.integers(wire.MAX_COORD - 64, wire.MAX_COORD) | st.integers(
     -wire.MAX_COORD, -wire.MAX_COORD + 64
 )
 anywhere = st.integers(-wire.MAX_COORD - 200, wire.MAX_COORD + 200)
+# runs of one-byte samples (long ones take the C-level path) between wider varints
+wide_xy = st.tuples(st.integers(0, 127), st.integers(-2000, 2000), st.integers(-2000, 2000))
+run_then_wide = st.tuples(st.lists(small_steps, max_size=60), st.lists(steps | wide_xy, max_size=1))
+moves_record = (
+    st.lists(run_then_wide, min_size=1, max_size=3)
+    .map(lambda parts: [step for run, wide in parts for step in run + wide])
+    .filter(bool)
+)
 
 
 @settings(max_examples=500, deadline=None)
 @given(
-    st.integers(0, 2**20),
+    st.integers(0, 2**20) | st.integers(wire.MAX_TIME - 3000, wire.MAX_TIME),
     near_edge | anywhere,
     near_edge | anywhere,
-    st.lists(st.lists(small_steps | steps, min_size=1, max_size=40), min_size=1, max_size=3),
+    st.lists(moves_record, min_size=1, max_size=3),
     st.integers(0, 3),
 )
 @example(0, wire.MAX_COORD - 1, 0, [[(1, 1, 0)], [(1, 1, 0)]], 0)  # to the edge, then past it
 @example(0, 0, -wire.MAX_COORD + 1, [[(1, 0, -1), (1, 0, -1)]], 0)
+@example(0, wire.MAX_COORD - 29, 0, [[(1, 1, 0)] * 30], 0)  # the same in one long run
+@example(0, 0, wire.MAX_COORD - 29, [[(1, 0, 1)] * 30], 0)
+@example(0, -wire.MAX_COORD + 29, 0, [[(1, -1, 0)] * 30], 0)
+@example(0, 0, -wire.MAX_COORD + 29, [[(1, 0, -1)] * 30], 0)
+@example(wire.MAX_TIME - 1, 0, 0, [[(1, 0, 0), (2**33, 1, 1), (1, wire.MAX_COORD, 0)]], 0)
+@example(0, 0, 0, [[(1, 1, 1)] * 30 + [(5, 500, 3)] + [(1, 1, 1)] * 5], 0)  # run, wide dx
+@example(0, 0, 0, [[(2**33, 1, 1)] + [(1, 1, 1)] * 60], 0)  # past 24 h, then a long run
 def test_fast_moves_path_decodes_and_fails_exactly_like_the_exact_loop(
     t0: int, x0: int, y0: int, records: list[list[tuple[int, int, int]]], cut: int
 ) -> None:
-    # positions near the ±32767 limit, varints of every width, records cut short at the end
+    # positions near the ±32767 limit, times near 24 h, varints of every width, records cut
+    # short at the end
     frame = wire.encode_frame(5, t0, x0, y0, [["moves", [list(d) for d in r]] for r in records])
     data = frame[: len(frame) - cut]
     assert _outcome(wire.decode_frame, data) == _outcome(

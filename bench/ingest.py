@@ -258,11 +258,55 @@ def rss_bytes(pid: int) -> int:
 
 
 @dataclass
+class Ends:
+    """How the pages' sessions ended: each page's last frame carries the end-of-page record."""
+
+    ended: int = 0
+    jobs: int = 0
+    sessions_with_one_job: int = 0
+    wait_s: float = 0.0
+    cpu_s: float = 0.0
+
+
+@dataclass
 class Result:
     stats: Stats
     wall_s: float
     cpu: float
     rss_per_conn: float
+    ends: Ends = field(default_factory=Ends)
+
+
+def count_ends(redis_url: str, sids: list[str]) -> Ends:
+    """Sessions marked ended, mouse jobs, and sessions with exactly one job."""
+    import collections
+
+    import redis
+
+    from scoring import keys
+
+    client = redis.Redis.from_url(redis_url)
+    pipe = client.pipeline()
+    for sid in sids:
+        pipe.hget(keys.session_meta(sid), "state")
+    ended = sum(state == b"ended" for state in pipe.execute())
+    entries = client.xrange(keys.jobs_stream("mouse"))
+    client.close()
+    per_sid = collections.Counter(fields[b"session_id"].decode() for _id, fields in entries)
+    one = sum(per_sid[sid] == 1 for sid in sids)
+    return Ends(ended=ended, jobs=len(entries), sessions_with_one_job=one)
+
+
+def wait_for_ends(redis_url: str, sids: list[str], pid: int, timeout: float = 30) -> Ends:
+    """Waits (up to ``timeout``) until every page's session has ended; the time and server
+    CPU that took after the last acknowledgement."""
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    while (ends := count_ends(redis_url, sids)).ended < len(sids):
+        if time.monotonic() - t0 > timeout:
+            break
+        time.sleep(0.2)
+    ends.wait_s, ends.cpu_s = time.monotonic() - t0, cpu_seconds(pid) - cpu0
+    return ends
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -302,7 +346,10 @@ def measure(kind: str, args: argparse.Namespace, db: str, redis_url: str, key: s
 
         stats = run_loop(main())
         wall, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
-        return Result(stats, wall, cpu / wall, (peak[0] - rss0) / max(1, args.pages))
+        result = Result(stats, wall, cpu / wall, (peak[0] - rss0) / max(1, args.pages))
+        if kind == "trailguard":
+            result.ends = wait_for_ends(redis_url, stats.sids, proc.pid)
+        return result
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -382,6 +429,12 @@ def bench(args: argparse.Namespace) -> None:
             redis_proc.terminate()
             redis_proc.wait(timeout=30)
     lost = tg.stats.sent_samples - stored
+    e = tg.ends
+    print(
+        f"trailguard sessions ended {e.ended} of {args.pages}, mouse jobs {e.jobs}, sessions "
+        f"with exactly one job {e.sessions_with_one_job}; the ends took {e.wait_s:.1f} s and "
+        f"{e.cpu_s:.2f} s of server CPU after the last ack"
+    )
     # stored over the time from the first frame to the last ack: a backlog lowers the rate
     ingest_s = max(args.seconds, tg.stats.last_ack - tg.stats.t_begin)
     rate = stored / ingest_s

@@ -123,7 +123,15 @@ def serve(args: argparse.Namespace) -> None:
 async def prescore_stats(request: Any) -> Any:
     from starlette.responses import JSONResponse
 
-    return JSONResponse(request.app.state.prescorer.stats.as_json())
+    prescorer = request.app.state.prescorer
+    return JSONResponse(
+        {
+            **prescorer.stats.as_json(),
+            "live_pages": len(prescorer.ctx.directory.seen),
+            "pages_current": len(prescorer.done),
+            **({"done": list(prescorer.done)} if "done" in request.query_params else {}),
+        }
+    )
 
 
 def profile_loop_thread(path: str) -> None:
@@ -522,7 +530,7 @@ def run_all(args: argparse.Namespace, root: Path, redis_url: str) -> Results:
         sids = pages.ingest(base, site, args.pages, args.page_seconds, 0)
         n_cold = int(args.rate * args.cold_seconds)
         cold_sids = pages.ingest(base, site, n_cold, args.page_seconds, 10_000)
-        catch_up = asyncio.run(wait_for_prescoring(base, server.pid))
+        catch_up = asyncio.run(wait_for_prescoring(base, server.pid, len(sids) + len(cold_sids)))
         step(f"pages ingested; pre-scoring caught up {catch_up.seconds:.1f} s later; baseline")
         idle = asyncio.run(baseline(base, site, sids, args.baseline))
         step(f"baseline done; {args.rate:g} decisions/s for {args.seconds:g} s under ingestion")
@@ -555,11 +563,15 @@ class CatchUp:
     seconds: float = float("nan")
     server_cpu_s: float = float("nan")
     stats: dict[str, Any] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+    """The pages whose complete windows were all pre-scored when it caught up."""
 
 
-async def wait_for_prescoring(base: str, server_pid: int, timeout: float = 300) -> CatchUp:
+async def wait_for_prescoring(
+    base: str, server_pid: int, pages: int, timeout: float = 300
+) -> CatchUp:
     """Poll the pre-scorer until a whole tick found nothing left to do (no backlog, no new
-    window since the last poll, two polls in a row)."""
+    window since the last poll, two polls in a row) with all ``pages`` in its live directory."""
     import httpx
 
     t0, cpu0, calm, last = time.monotonic(), cpu_seconds(server_pid), 0, -1
@@ -568,10 +580,12 @@ async def wait_for_prescoring(base: str, server_pid: int, timeout: float = 300) 
         while calm < 2 and time.monotonic() - t0 < timeout:
             await asyncio.sleep(1.1)
             stats = (await client.get("/bench/prescore")).json()
-            calm = calm + 1 if stats["backlog"] == 0 and stats["windows"] == last else 0
+            still = stats["backlog"] or stats["windows"] != last or stats["live_pages"] < pages
+            calm = 0 if still else calm + 1
             last = stats["windows"]
+        done = set((await client.get("/bench/prescore?done=1")).json()["done"])
     seconds = time.monotonic() - t0 - (2.2 if calm >= 2 else 0)  # less the two calm polls
-    return CatchUp(seconds, cpu_seconds(server_pid) - cpu0, stats)
+    return CatchUp(seconds, cpu_seconds(server_pid) - cpu0, stats, done)
 
 
 def decision_details(db: str) -> dict[int, dict[str, Any]]:
@@ -682,6 +696,16 @@ def bench(args: argparse.Namespace) -> None:
     )
     report_load("under load (warm: pages the baseline scored)", load, res.details, args.live)
     report_load("cold load (first decision on each page)", cold, res.details, args.live)
+    whole = [r for r in cold.sent if kind_of(r, res.details) == "cold"]
+    shapes = sorted(
+        (d.get("windows"), d.get("windows_rendered"), tuple(d.get("sessions", {}).values()))
+        for d in (res.details.get(int(r.answer["decision_id"]), {}) for r in whole if r.answer)
+    )
+    print(
+        f"  every window rendered: {len(whole)} decisions, on pages the pre-scorer had "
+        f"caught up with: {sum(r.sid in res.catch_up.done for r in whole)}; "
+        f"(windows, rendered, samples per page) of those: {shapes[:10]}"
+    )
     print(
         f"ratio p99_under_load / p50_idle = {ms(load.latencies, 99) / ms(idle.latencies, 50):.2f}"
     )
@@ -721,6 +745,7 @@ def report_prescoring(catch_up: CatchUp, pages: int, args: argparse.Namespace) -
         f"{catch_up.seconds:.1f} s after ingestion ended (server CPU meanwhile "
         f"{catch_up.server_cpu_s:.1f} s); windows={st.get('windows')} "
         f"pages_done={st.get('pages')} errors={st.get('errors')} ticks={st.get('ticks')} "
+        f"live_pages={st.get('live_pages')} pages_current={st.get('pages_current')} "
         f"ticks_cut_short={st.get('ticks_skipped')}"
     )
     print(

@@ -21,9 +21,16 @@ MODEL = ModelConfig(width=0.125, size=48)
 PREP = Preprocessing(size=48)
 TRAIN = TrainConfig(epochs=5, progress=False)
 SIZES = SynthConfig(
-    accounts=5, outsiders=5, enrol_sessions=4, enrol_events=4000, test_sessions=60,
+    accounts=5, outsiders=5, enrol_sessions=4, enrol_events=4000, test_sessions=240,
     test_min_events=300, test_max_events=3000, seed=2024,
 )  # fmt: skip
+
+
+def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
+    """Hanley & McNeil (1982): the standard error of an AUC from ``n_pos`` and ``n_neg``."""
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    var = auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)
+    return float(np.sqrt(var / (n_pos * n_neg)))
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +47,12 @@ def test_owner_model_learns_the_enrolled_accounts(owner_eval: Evaluation) -> Non
     assert np.isfinite(owner_eval.scores).all()
     losses = m["training"]["losses"]
     assert losses[-1] < 0.8 * losses[0]
-    # above chance on new sessions even with 16 k enrolment events per account (measured
-    # 0.62-0.85 over three seeds at this size; the per-account validation AUC, now taken on
-    # whole enrolment sessions never trained on, is 0.55-0.82 and too noisy to assert on)
-    assert m["pooled_auc"] >= 0.6, m["pooled_auc"]
+    # above chance on new sessions even with 16 k enrolment events per account: the AUC's
+    # lower 99 % bound (Hanley-McNeil) clears 0.5. A fixed floor (0.6, with 60 test sessions)
+    # sat inside the estimate's own noise (SE ~0.07) and failed on another CPU's numerics
+    # (0.599); 240 test sessions cost seconds to score. Measured 0.62 and 0.74 on two seeds.
+    auc, pos = m["pooled_auc"], m["positives"]
+    assert auc - 2.33 * auc_standard_error(auc, pos, m["sessions"] - pos) > 0.5, auc
     assert m["trivial_cues_auc"]["events_per_second"] < 0.7
 
 

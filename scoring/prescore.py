@@ -182,8 +182,8 @@ class Prescorer:
     def _window_events(self, sid: str) -> int:
         """The window length of the scorer this page last got (:meth:`_scorer_for`), or the
         default when it has none yet; read from the cache only: no model chooser on the loop."""
-        site_id, external, _ua, _ip = self.ctx.directory.fields.get(sid) or [None] * 4
-        hit = self.scorers.get((site_id, external or "")) if site_id is not None else None
+        key = self._page_key(sid)
+        hit = self.scorers.get(key) if key is not None else None
         window = getattr(hit[1], "window_events", None) if hit is not None else None
         return int(window) if window else self.window_events
 
@@ -236,15 +236,20 @@ class Prescorer:
         self.stats.windows += rendered
         return rendered, left
 
+    def _page_key(self, sid: str) -> tuple[str, str] | None:
+        """(site, account or "") of a live page: what :attr:`scorers` is keyed by."""
+        site_id, external, _ua, _ip = self.ctx.directory.fields.get(sid) or [None] * 4
+        return (site_id, external or "") if site_id is not None else None
+
     async def _scorer_for(self, sid: str) -> Any:
         """The scorer a decision on this page would use, or None: the same model chooser."""
-        site_id, external, _ua, _ip = self.ctx.directory.fields.get(sid) or [None] * 4
-        if site_id is None:
+        key, now = self._page_key(sid), time.monotonic()
+        if key is None:
             return None
-        key, now = (site_id, external or ""), time.monotonic()
         hit = self.scorers.get(key)
         if hit is not None and now - hit[0] < MODEL_RECHECK_S:
             return hit[1]
+        site_id, external = key
         account_id = await self._account(site_id, external) if external else None
         choice = await asyncio.to_thread(self.ctx.choose_model, account_id)
         scorer = None

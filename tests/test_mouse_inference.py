@@ -223,3 +223,34 @@ def test_bare_head_keys_are_bound_to_one_site_at_registration(
     assert scorer.for_account(alice["b"]).kind == "account"
     assert scorer.for_account(alice["a"]).kind == "none"
     engine.dispose()
+
+
+def test_window_views_are_scored_alike_in_batch_live_and_prescore(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # a group model scoring its windows and the windows half-way between them (stride W/2):
+    # the batch path, a live decision and the pre-scorer all use the checkpoint's views
+    from renderer.mouse import sanitize
+    from scoring.mouse.train import GroupModel
+
+    engine = make_engine(sqlite_url)
+    sessions = make_sessionmaker(engine)
+    net = build(ModelConfig(width=0.0625, size=32, embed_dim=8, n_out=1)).eval()
+    views = Preprocessing(size=32, window_events=600, window_views=2)
+    with sessions() as s, s.begin():
+        group = GroupModel(net, views, threshold=0.2)
+        store.register(s, store.save(tmp_path, group, "g1"), group, "g1")
+    scorer = MouseScorer(sessions, tmp_path)
+    assert scorer.prep_for("group").window_views == 2
+    ev, vp = events(1800)  # whole windows: batch and live cut the same five
+    clean = sanitize(ev, vp)
+    assert len(scorer.images(clean, "group")) == 5  # 0-600, 300-900, …, 1200-1800
+    single = scorer.assess(ev, vp, "bob")
+    live = scorer.score_live(ev, vp, "bob")
+    assert single.n_windows == live.windows == 5
+    assert live.risk == pytest.approx(single.risk, abs=1e-6)
+    scorer.load()  # an empty window cache
+    part = clean.events[:1300]  # blocks 0-600 | 600-1300 (growing), shifted 300-900
+    assert scorer.prescore_live(part, vp, "bob") == (2, 0)
+    assert scorer.score_live(part, vp, "bob").rendered == 1  # only the growing block
+    engine.dispose()

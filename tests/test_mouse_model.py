@@ -5,18 +5,21 @@ import pytest
 import torch
 from torchvision.models.vgg import cfgs, make_layers
 
-from renderer.errors import InvalidInput, ModelNotFound
-from renderer.mouse import MODEL_CHANNELS, Cleaned
+from renderer.errors import InvalidInput, InvalidSession, ModelNotFound
+from renderer.mouse import MODEL_CHANNELS, Cleaned, window_bounds
 from scoring.backbones import load_matching
 from scoring.mouse import store
-from scoring.mouse.data import Preprocessing, training_images
+from scoring.mouse.data import Preprocessing, scoring_images, training_images, view_bounds
+from scoring.mouse.live import live_bounds, live_view_bounds
 from scoring.mouse.model import ModelConfig, MouseNet, build
 from scoring.mouse.train import (
     GroupModel,
     Head,
     OwnerModel,
+    TrainConfig,
     calibrate,
     calibration_sessions,
+    fit,
 )
 from scoring.sessionfile import SessionRecord
 
@@ -110,3 +113,65 @@ def test_training_windows_scale_with_the_scoring_window_unless_given():
     )
     images = training_images(clean, Preprocessing(size=16, window_events=1600), rng, 2.0)
     assert len(images) == 10  # 2 x 8000 / 1600
+
+
+def test_window_views_add_shifted_windows_of_the_same_length():
+    assert view_bounds(5000, 1600) == window_bounds(5000, 1600)
+    two = view_bounds(5000, 1600, 2)
+    assert two == [(0, 1667), (834, 2500), (1667, 3333), (2500, 4166), (3333, 5000)]
+    four = view_bounds(5000, 1600, 4)
+    assert len(four) == 4 * 2 + 1 and set(two) <= set(four)
+    assert all(1666 <= b - a <= 1667 for a, b in four)
+    assert four == sorted(four)
+    assert view_bounds(1000, 1600, 4) == [(0, 1000)]  # one window: nothing to shift
+    # scoring images follow the views, at most max_windows of them
+    rng = np.random.default_rng(0)
+    clean = Cleaned(
+        np.column_stack([np.arange(5000.0), rng.uniform(0, 500, (5000, 2)), np.zeros(5000)]),
+        (800.0, 600.0),
+    )
+    prep = Preprocessing(size=16, window_events=1600, window_views=2)
+    assert len(scoring_images(clean, prep)) == 5
+    assert len(scoring_images(clean, Preprocessing(size=16, window_events=400))) == 12
+    capped = Preprocessing(size=16, window_events=400, window_views=2, max_windows=7)
+    assert len(scoring_images(clean, capped)) == 7
+    # stored in checkpoints; checkpoints from before it score consecutive windows
+    assert Preprocessing.from_dict(prep.to_dict()) == prep
+    assert Preprocessing.from_dict({"size": 64, "window_events": 1600}).window_views == 1
+    with pytest.raises(InvalidSession):
+        Preprocessing(window_views=0)
+
+
+def test_live_views_are_complete_windows_that_never_change():
+    assert live_view_bounds(5000, 1600) == live_bounds(5000, 1600)
+    # blocks 0-1600-3200-5000 (the tail joins the last one) and the complete shifted windows
+    assert live_view_bounds(5000, 1600, 2) == [
+        (0, 1600),
+        (800, 2400),
+        (1600, 3200),
+        (2400, 4000),
+        (3200, 5000),
+    ]
+    for n in range(2, 7000, 37):
+        now, later = live_view_bounds(n, 600, 4), live_view_bounds(n + 450, 600, 4)
+        growing = live_bounds(n, 600)[-1]
+        assert {b for b in now if b != growing} <= set(later)
+        # as many windows as the batch path, give or take the placement of the tail
+        assert abs(len(now) - len(view_bounds(n, 600, 4))) <= 4
+
+
+def test_fresh_windows_give_every_epoch_new_training_images():
+    model = build(ModelConfig(width=0.0625, size=32, embed_dim=8, n_out=1))
+    rng = np.random.default_rng(0)
+    draws = []
+
+    def draw() -> tuple[np.ndarray, np.ndarray]:
+        x = rng.random((8, len(MODEL_CHANNELS), 32, 32), dtype=np.float32)
+        draws.append(x)
+        return x, (rng.random((8, 1)) > 0.5).astype(np.float32)
+
+    cfg = TrainConfig(epochs=3, batch_size=4, progress=False)
+    losses = fit(model, *draw(), torch.nn.BCEWithLogitsLoss(), cfg, redraw=draw)
+    assert len(losses) == 3 and len(draws) == 3  # the first draw, then one per later epoch
+    losses = fit(model, *draw(), torch.nn.BCEWithLogitsLoss(), cfg)
+    assert len(draws) == 4  # without redraw every epoch sees the first draw

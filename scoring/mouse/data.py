@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from renderer.errors import InvalidSession
-from renderer.mouse import MODEL_CHANNELS, Cleaned, draw_channels, sanitize, session_windows
+from renderer.mouse import MODEL_CHANNELS, Cleaned, draw_channels, sanitize, window_bounds
+from scoring.mouse.live import pick_evenly
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,14 @@ class Preprocessing:
     train_max_events: int = 0
     max_windows: int = 32
     channels: tuple[str, ...] = MODEL_CHANNELS
+    window_views: int = 1
+    """Scoring windows per window length: 1 = consecutive windows; *v* adds, between two
+    consecutive ones, the *v* − 1 windows shifted by 1/*v* of a window (stride *W*/*v*), so
+    the session is scored from more placements of the same windows (:func:`view_bounds`)."""
 
     def __post_init__(self) -> None:
+        if self.window_views < 1:
+            raise InvalidSession("window_views must be at least 1", "bad_window")
         # frozen: the derived lengths are set once here and stored resolved in checkpoints
         if self.train_min_events <= 0:
             object.__setattr__(self, "train_min_events", max(2, self.window_events // 4))
@@ -48,10 +56,30 @@ class Preprocessing:
         return cls(**known)
 
 
+def view_bounds(n_events: int, window_events: int, views: int = 1) -> list[tuple[int, int]]:
+    """Scoring windows of a session of ``n_events``, in order of start: the consecutive
+    windows of :func:`renderer.mouse.window_bounds` and, with ``views`` > 1, between each two
+    consecutive ones the ``views - 1`` windows interpolated between their bounds (both ends
+    moved by the same fraction), so every window keeps the consecutive windows' length."""
+    base = window_bounds(n_events, window_events)
+    out = []
+    for (a0, b0), (a1, b1) in itertools.pairwise(base):
+        for j in range(views):
+            f = j / views
+            out.append((round(a0 + f * (a1 - a0)), round(b0 + f * (b1 - b0))))
+    out.append(base[-1])
+    return out
+
+
 def scoring_images(clean: Cleaned, prep: Preprocessing) -> np.ndarray:
-    """(K, C, H, W) float32: the session's windows, at most ``max_windows`` evenly spaced."""
-    wins = session_windows(clean, prep.window_events, prep.max_windows)
-    return np.stack([draw_channels(w, (prep.size, prep.size)) for w in wins])
+    """(K, C, H, W) float32: the session's scoring windows (:func:`view_bounds`), at most
+    ``max_windows`` evenly spaced."""
+    bounds = view_bounds(len(clean.events), prep.window_events, prep.window_views)
+    bounds = pick_evenly(bounds, prep.max_windows)
+    side = (prep.size, prep.size)
+    return np.stack(
+        [draw_channels(Cleaned(clean.events[a:b], clean.viewport), side) for a, b in bounds]
+    )
 
 
 def session_images(

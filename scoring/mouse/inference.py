@@ -36,7 +36,13 @@ from renderer.mouse import Cleaned, draw_channels, sanitize
 from scoring import model_store
 from scoring.mouse import store
 from scoring.mouse.data import Preprocessing, scoring_images
-from scoring.mouse.live import WindowCache, live_bounds, pick_evenly, window_digest
+from scoring.mouse.live import (
+    WindowCache,
+    live_bounds,
+    live_view_bounds,
+    pick_evenly,
+    window_digest,
+)
 from scoring.mouse.model import ModelConfig, build
 from scoring.mouse.train import GroupModel, OwnerModel
 from scoring.schema import Account, Site
@@ -231,7 +237,8 @@ class MouseScorer:
             raise InvalidSession(
                 "a session needs at least two events to be scored", "too_few_events"
             )
-        bounds = live_bounds(len(clean.events), self.prep_for(mode).window_events)
+        prep = self.prep_for(mode)
+        bounds = live_view_bounds(len(clean.events), prep.window_events, prep.window_views)
         return bounds, [window_digest(clean, a, b) for a, b in bounds] if digest else []
 
     def _run_windows(
@@ -276,8 +283,8 @@ class MouseScorer:
         account: str | None = None,
         limit: int = 8,
     ) -> tuple[int, int]:
-        """Score a growing session's *complete* windows (every live window but the last, which
-        can still change) that are not cached yet, at most ``limit`` of them, so that a later
+        """Score a growing session's *complete* windows (every live window but its last block,
+        which can still change) that are not cached yet, at most ``limit`` of them, so that a later
         :meth:`score_live` finds them in :attr:`window_cache`. Returns (rendered, still to do).
         Every complete window is scored, not only those :func:`pick_evenly` would pick today:
         which ones it picks depends on the session's final length."""
@@ -288,7 +295,12 @@ class MouseScorer:
         if len(clean.events) < MIN_EVENTS:
             return 0, 0
         bounds, digests = self._live_windows(clean, mode)
-        todo = [i for i in range(len(bounds) - 1) if not self.window_cache.has(mode, digests[i])]
+        growing = live_bounds(len(clean.events), self.prep_for(mode).window_events)[-1]
+        todo = [
+            i
+            for i, bound in enumerate(bounds)
+            if bound != growing and not self.window_cache.has(mode, digests[i])
+        ]
         now = todo[: max(0, limit)]
         if now:
             self._run_windows(clean, [bounds[i] for i in now], [digests[i] for i in now], mode)

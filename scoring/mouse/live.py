@@ -55,6 +55,20 @@ def live_bounds(n_events: int, window_events: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def live_view_bounds(n_events: int, window_events: int, views: int = 1) -> list[tuple[int, int]]:
+    """:func:`live_bounds` and, with ``views`` > 1, the full windows shifted from its blocks by
+    ``j / views`` of a window (``j`` = 1 … ``views`` − 1) that are complete, in order of start:
+    the live counterpart of :func:`scoring.mouse.data.view_bounds`. A shifted window is listed
+    only once complete, so, as with the blocks, only the last block can still change."""
+    bounds = live_bounds(n_events, window_events)
+    for j in range(1, views):
+        start = round(j * window_events / views)
+        while start + window_events <= n_events:
+            bounds.append((start, start + window_events))
+            start += window_events
+    return sorted(bounds)
+
+
 def pick_evenly(bounds: list[tuple[int, int]], max_windows: int) -> list[tuple[int, int]]:
     """At most ``max_windows`` of ``bounds``, evenly spaced: the batch path's rule."""
     if len(bounds) <= max_windows:

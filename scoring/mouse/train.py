@@ -16,7 +16,7 @@ A session's score is the mean of its windows' impostor (or non-customer) logits.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,6 +52,7 @@ class TrainConfig:
     calib_lengths: PieceLengths = field(default_factory=PieceLengths)
     pretrained: str = "none"
     oversample: float = 1.5
+    fresh_windows: bool = False
     max_negatives: int = 4000
     seed: int = 0
     progress: bool = True
@@ -78,6 +79,10 @@ def _batches(
         )
 
 
+Redraw = Callable[[], tuple[np.ndarray, np.ndarray]]
+"""New random training windows (images, targets), as many as the first draw."""
+
+
 def fit(
     model: nn.Module,
     x: np.ndarray,
@@ -85,8 +90,10 @@ def fit(
     loss_fn: Any,
     cfg: TrainConfig,
     desc: str = "train",
+    redraw: Redraw | None = None,
 ) -> list[float]:
-    """AdamW with a one-cycle schedule; returns the loss of each epoch."""
+    """AdamW with a one-cycle schedule; returns the loss of each epoch. With ``redraw``
+    every epoch after the first trains on newly drawn windows of the same sessions."""
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, cfg.epochs * max(1, len(x) // cfg.batch_size + 1))
@@ -100,6 +107,8 @@ def fit(
 
     epochs = tqdm(range(cfg.epochs), desc=desc, disable=not cfg.progress)
     for epoch in epochs:
+        if redraw is not None and epoch > 0:
+            x, y = redraw()
         loss = train_one_epoch(
             model, batches(), opt, loss_fn, desc=f"epoch {epoch + 1}", progress=cfg.progress
         )
@@ -377,25 +386,37 @@ def train_owner(
     return OwnerModel(model, prep, heads, metrics)
 
 
-def _group_windows(
+def _group_split(
     cleaned: list[tuple[SessionRecord, Cleaned]],
     prep: Preprocessing,
-    cfg: TrainConfig,
-    rng: np.random.Generator,
     calib_users: set[str],
-) -> tuple[np.ndarray, np.ndarray, list[tuple[float, np.ndarray]]]:
-    xs, ys, calib = [], [], []
-    for r, clean in tqdm(cleaned, desc="render", disable=not cfg.progress, leave=False):
+) -> tuple[list[tuple[Cleaned, float]], list[tuple[float, np.ndarray]]]:
+    """Training sessions with their targets, and the calibration people's scoring images."""
+    train, calib = [], []
+    for r, clean in cleaned:
         target = 1.0 if r.label == "noncustomer" else 0.0
         if r.user_id in calib_users:
             calib.append((target, scoring_images(clean, prep)))
-            continue
+        else:
+            train.append((clean, target))
+    if not train:
+        raise InvalidInput("no usable group sessions", "no_training_data")
+    return train, calib
+
+
+def _group_windows(
+    train: list[tuple[Cleaned, float]],
+    prep: Preprocessing,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One draw of random training windows of every training session, with their targets."""
+    xs, ys = [], []
+    for clean, target in tqdm(train, desc="render", disable=not cfg.progress, leave=False):
         imgs = training_images(clean, prep, rng, cfg.oversample)
         xs.append(imgs)
         ys.append(np.full((len(imgs), 1), target, dtype=np.float32))
-    if not xs:
-        raise InvalidInput("no usable group sessions", "no_training_data")
-    return np.concatenate(xs), np.concatenate(ys), calib
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def train_group(
@@ -416,9 +437,23 @@ def train_group(
     people = sorted({r.user_id for r, _ in cleaned})
     n_cal = round(len(people) * cfg.calib_fraction) if len(people) >= 5 else 0
     calib_users = set(rng.choice(people, n_cal, replace=False).tolist()) if n_cal else set()
-    x, y, calib = _group_windows(cleaned, prep, cfg, rng, calib_users)
+    train, calib = _group_split(cleaned, prep, calib_users)
+    first = [_group_windows(train, prep, cfg, rng)]
+    n_windows = len(first[0][0])
     model = build(ModelConfig(**{**model_cfg.to_dict(), "n_out": 1}), cfg.pretrained)
-    losses = fit(model, x, y, nn.BCEWithLogitsLoss(), cfg, "group")
+
+    def redraw() -> tuple[np.ndarray, np.ndarray]:
+        return _group_windows(train, prep, cfg, rng)
+
+    # popped, not named: a redraw can then free the previous draw (2 GB at full size)
+    losses = fit(
+        model,
+        *first.pop(),
+        nn.BCEWithLogitsLoss(),
+        cfg,
+        "group",
+        redraw if cfg.fresh_windows else None,
+    )
     out = GroupModel(model, prep, 0.0)
     scores = np.array([out.session_score(imgs) for _, imgs in calib])
     targets = np.array([t for t, _ in calib])
@@ -427,7 +462,8 @@ def train_group(
     val_auc = float(roc_auc_score(targets, scores)) if len(set(targets.tolist())) == 2 else None
     out.metrics = {
         "task": "group",
-        "train_windows": len(x),
+        "train_windows": n_windows,
+        "fresh_windows": cfg.fresh_windows,
         "skipped_sessions": skipped,
         "losses": losses,
         "validation_session_auc": val_auc,

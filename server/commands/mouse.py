@@ -65,8 +65,9 @@ TASK_DEFAULTS = {
     "owner": {
         "window_events": Preprocessing().window_events,
         "oversample": TrainConfig().oversample,
+        "window_views": Preprocessing().window_views,
     },
-    "group": {"window_events": 1600, "oversample": 2.0},
+    "group": {"window_events": 1600, "oversample": 2.0, "window_views": 1},
 }
 """Per-task defaults of ``--window-events`` and ``--oversample``. *group* scores page-visit-scale
 windows (1,600 events; training windows 400–2,800): in a grid of training people × window
@@ -85,6 +86,18 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         type=int,
         help="events per scoring window (default: owner 400, group 1600); training windows "
         "are a quarter to 1.75 times as long",
+    )
+    p.add_argument(
+        "--window-views",
+        type=int,
+        help="scoring windows per window length: 2 adds the windows half-way between "
+        "consecutive ones (stride W/2), 4 stride W/4 (default: owner 1, group 1)",
+    )
+    p.add_argument(
+        "--fresh-windows",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="group: draw new random training windows every epoch (default: no)",
     )
     p.add_argument("--epochs", type=int, default=t.epochs)
     p.add_argument("--batch-size", type=int, default=t.batch_size)
@@ -108,20 +121,27 @@ def _configs(args: argparse.Namespace) -> tuple[ModelConfig, Preprocessing, Trai
     defaults = TASK_DEFAULTS[args.task]
     window_events = args.window_events or defaults["window_events"]
     oversample = defaults["oversample"] if args.oversample is None else args.oversample
+    views = defaults["window_views"] if args.window_views is None else args.window_views
+    fresh = (
+        defaults.get("fresh_windows", False) if args.fresh_windows is None else args.fresh_windows
+    )
     if window_events < 2:
         raise InvalidInput("--window-events must be at least 2", "bad_option")
+    if views < 1:
+        raise InvalidInput("--window-views must be at least 1", "bad_option")
     if oversample <= 0:
         raise InvalidInput("--oversample must be positive", "bad_option")
     if not 0 < args.target_far < 1:
         raise InvalidInput("--target-far must be between 0 and 1", "bad_option")
     model_cfg = ModelConfig(width=args.width, size=args.size)
-    prep = Preprocessing(size=args.size, window_events=int(window_events))
+    prep = Preprocessing(size=args.size, window_events=int(window_events), window_views=int(views))
     cfg = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         target_far=args.target_far,
         oversample=float(oversample),
+        fresh_windows=bool(fresh),
         pretrained=args.pretrained,
         seed=args.seed,
         progress=not args.quiet,

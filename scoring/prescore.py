@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,8 @@ class PrescoreStats:
     """Ticks cut short because decisions were waiting for a scoring slot."""
     pages: int = 0
     windows: int = 0
+    count_reads: int = 0
+    """Sample counts read (pages active since last looked at)."""
     errors: int = 0
     backlog: int = 0
     """Pages due at the end of the last tick that it did not get to (budget or decisions)."""
@@ -111,6 +114,9 @@ class Prescorer:
     stats: PrescoreStats = field(default_factory=PrescoreStats)
     done: dict[str, int] = field(default_factory=dict)
     """sid → its sample count when its complete windows were last all scored."""
+    checked: dict[str, float] = field(default_factory=dict)
+    """sid → its last activity in the live directory when its count was last read and found
+    with nothing to do: not read again until the collector touches the page again."""
     accounts: dict[tuple[str, str], tuple[float, int | None]] = field(default_factory=dict)
     scorers: dict[tuple[str, str], tuple[float, Any]] = field(default_factory=dict)
     """(site, account) → the scorer its pages get, or None: asked of the model chooser (in a
@@ -154,13 +160,22 @@ class Prescorer:
         return rendered
 
     async def due_pages(self) -> list[tuple[str, int]]:
-        """(sid, sample count) of live pages grown by a window since last done, most first."""
+        """(sid, sample count) of live pages grown by a window since last done, most first.
+
+        Only pages active since their count was last read are asked about: the collector
+        writes a page's samples before it touches the page's last activity (one connection,
+        in order), so an unchanged activity means an unchanged count, and a page that sits
+        still costs nothing here (one ``HGET`` per page per tick was ~0.3 ms of the loop each,
+        a tenth of the server's CPU at 300 live pages)."""
         redis = self.ctx.redis
         await self.ctx.directory.fresh(redis)
         t0 = time.thread_time()
-        sids = list(self.ctx.directory.seen)
-        for gone in set(self.done) - set(sids):
+        seen = dict(self.ctx.directory.seen)
+        for gone in set(self.done) - seen.keys():
             del self.done[gone]
+        for gone in set(self.checked) - seen.keys():
+            del self.checked[gone]
+        sids = [sid for sid, at in seen.items() if at > self.checked.get(sid, -math.inf)]
         async with redis.pipeline(transaction=False) as pipe:
             for sid in sids:
                 pipe.hget(keys.session_meta(sid), "n_samples")
@@ -175,7 +190,10 @@ class Prescorer:
             if gained > 0:
                 due.append((sid, n))
                 new[sid] = gained
+            else:
+                self.checked[sid] = seen[sid]
         due.sort(key=lambda d: new[d[0]], reverse=True)
+        self.stats.count_reads += len(sids)
         self.stats.loop_s += time.thread_time() - t0
         return due
 

@@ -101,6 +101,28 @@ def test_the_budget_is_respected_and_the_rest_comes_next_tick(quick: Env) -> Non
     assert total == len(_scorer(quick).window_cache) >= 8 and p.stats.backlog == 0
 
 
+def test_only_pages_touched_since_last_looked_at_are_read_again(quick: Env) -> None:
+    # with hundreds of live pages, reading every page's count every tick was a tenth of the
+    # server's CPU; a page that has not moved is left alone until the collector touches it
+    quick.train(["alice", "bob"])
+    frames = move_frames(human_path(2400, seed=5))
+    half = len(frames) // 2
+    sid = quick.send("shop", "", frames[:half])
+    still = _page(quick, "", 1400, seed=6)
+    p = _prescorer(quick, 1000)
+    first = _tick(quick, p)
+    assert first >= 1 and p.stats.count_reads == 2
+    reads = p.stats.count_reads
+    assert _tick(quick, p) == 0 and p.stats.count_reads - reads == 2  # done: checked once more
+    reads = p.stats.count_reads
+    assert _tick(quick, p) == 0 and p.stats.count_reads == reads  # then not read at all
+    quick.send("shop", "", frames[half:], sid=sid)  # the same page resumes and grows
+    p.ctx.directory.refreshed = -1e9  # its next tick reads the live set again
+    more = _tick(quick, p)
+    assert more >= 1 and p.stats.count_reads == reads + 1  # only the page that moved
+    assert still in p.checked and sid in p.done
+
+
 def test_zero_disables_prescoring(quick: Env) -> None:
     assert load_settings({"TRAILGUARD_PRESCORE_WINDOWS_PER_S": "0"}).prescore_windows_per_s == 0
     assert load_settings({}).prescore_windows_per_s > 0

@@ -24,6 +24,7 @@ from scoring.database import make_engine, make_sessionmaker
 from scoring.schema import PageSession
 from server import collect
 from server.app import create_app
+from server.commands.serve import uvicorn_config
 from server.settings import Settings, load_settings
 from server.sites import create_site
 
@@ -44,15 +45,8 @@ class ServerThread:
     def start(self) -> None:
         app = create_app(self.settings)
         app.state.collector_config = CONFIG
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            ws="websockets",
-            ws_per_message_deflate=False,
-            log_level="warning",
-            timeout_graceful_shutdown=1,
-        )
+        # the uvicorn settings `trailguard serve` uses (WebSocket protocol, loop, parser)
+        config = uvicorn_config(app, "127.0.0.1", self.port, "warning", timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

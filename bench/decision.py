@@ -70,7 +70,8 @@ ACCOUNTS = [f"acct{i:03d}" for i in range(8)]
 
 
 def account_of(page: int) -> str:
-    # one account per page: a visit is then that one page, as in the worker path
+    # one account per page (``page`` counts across ingest calls): a visit is then that one
+    # page, as in the worker path
     return ACCOUNTS[page] if page < len(ACCOUNTS) else f"visitor{page:03d}"
 
 
@@ -319,7 +320,7 @@ class OpenPages:
             await gate.acquire()
             sent: asyncio.Future[str] = self.loop.create_future()
             sent.add_done_callback(lambda _f: gate.release())
-            task = self._hold(url, site.key, account_of(i), frames_of(path), sent)
+            task = self._hold(url, site.key, account_of(seed0 + i), frames_of(path), sent)
             self.held.append(asyncio.create_task(task))
             return await sent
 
@@ -371,6 +372,9 @@ class Load:
     streamed_frames: int = 0
     wall_s: float = float("nan")
     server_cpu_s: float = float("nan")
+    client_cpu_s: float = float("nan")
+    """This process's CPU meanwhile (its decisions, live streams and held pages): the load
+    generator shares the machine with the server."""
 
     @property
     def latencies(self) -> list[float]:
@@ -440,6 +444,7 @@ async def run_load(
         ]
         await asyncio.sleep(1.0)  # ingestion is running before the first decision
         cpu0, t0, tasks = cpu_seconds(server_pid), time.monotonic(), []
+        own0 = cpu_seconds(os.getpid())
         for i in range(n):
             await asyncio.sleep(max(0.0, t0 + i / args.rate - time.monotonic()))
             action = rng.choice(ACTIONS)
@@ -447,6 +452,7 @@ async def run_load(
         await asyncio.gather(*tasks)
         load.wall_s = time.monotonic() - t0
         load.server_cpu_s = cpu_seconds(server_pid) - cpu0
+        load.client_cpu_s = cpu_seconds(os.getpid()) - own0
         await asyncio.gather(*streams)
     return load
 
@@ -504,6 +510,7 @@ class Results:
     idle: Load
     load: Load
     cold: Load
+    serial: Load
     worker: list[float]
     compared: int
     agree: int
@@ -530,7 +537,9 @@ def run_all(args: argparse.Namespace, root: Path, redis_url: str) -> Results:
         sids = pages.ingest(base, site, args.pages, args.page_seconds, 0)
         n_cold = int(args.rate * args.cold_seconds)
         cold_sids = pages.ingest(base, site, n_cold, args.page_seconds, 10_000)
-        catch_up = asyncio.run(wait_for_prescoring(base, server.pid, len(sids) + len(cold_sids)))
+        serial_sids = pages.ingest(base, site, args.cold_serial, args.page_seconds, 20_000)
+        n_live = len(sids) + len(cold_sids) + len(serial_sids)
+        catch_up = asyncio.run(wait_for_prescoring(base, server.pid, n_live))
         step(f"pages ingested; pre-scoring caught up {catch_up.seconds:.1f} s later; baseline")
         idle = asyncio.run(baseline(base, site, sids, args.baseline))
         step(f"baseline done; {args.rate:g} decisions/s for {args.seconds:g} s under ingestion")
@@ -539,6 +548,8 @@ def run_all(args: argparse.Namespace, root: Path, redis_url: str) -> Results:
         load = asyncio.run(run_load(base, site, lambda _i: rng.choice(sids), n, args, server.pid))
         step(f"load done; cold load: {n_cold} decisions, each on a page never decided before")
         cold = asyncio.run(run_load(base, site, cold_sids.__getitem__, n_cold, args, server.pid))
+        step(f"cold, one at a time: {len(serial_sids)} decisions on the idle server")
+        serial = asyncio.run(baseline(base, site, serial_sids, len(serial_sids), server.pid))
         if args.profile:
             server.send_signal(signal.SIGUSR1)
             time.sleep(3)
@@ -552,7 +563,7 @@ def run_all(args: argparse.Namespace, root: Path, redis_url: str) -> Results:
     worker, compared, agree, gaps = asyncio.run(
         worker_path(db, redis_url, model_dir, sids, last, site)
     )
-    return Results(idle, load, cold, worker, compared, agree, gaps, details, catch_up)
+    return Results(idle, load, cold, serial, worker, compared, agree, gaps, details, catch_up)
 
 
 @dataclass
@@ -606,13 +617,20 @@ def ms(values: list[float], q: float) -> float:
     return float(np.percentile(values, q) * 1000) if values else float("nan")
 
 
-async def baseline(base: str, site: Site, sids: list[str], n: int) -> Load:
+async def baseline(
+    base: str, site: Site, sids: list[str], n: int, server_pid: int | None = None
+) -> Load:
+    """``n`` decisions one after the other (``server_pid``: measure the server's CPU)."""
     import httpx
 
     load = Load()
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        cpu0, t0 = (cpu_seconds(server_pid), time.monotonic()) if server_pid else (0.0, 0.0)
         for i in range(n):
             await decide(client, site, sids[i % len(sids)], ACTIONS[i % 3], load)
+        if server_pid:
+            load.server_cpu_s = cpu_seconds(server_pid) - cpu0
+            load.wall_s = time.monotonic() - t0
     return load
 
 
@@ -675,7 +693,7 @@ def report_load(name: str, load: Load, details: dict[int, dict[str, Any]], live:
     print(
         f"  server CPU: {load.server_cpu_s:.1f} s in {load.wall_s:.1f} s = "
         f"{1000 * load.server_cpu_s / max(done, 1):.1f} ms per decision "
-        f"(the live pages' ingestion included)"
+        f"(the live pages' ingestion included); load generator CPU {load.client_cpu_s:.1f} s"
     )
 
 
@@ -696,6 +714,13 @@ def bench(args: argparse.Namespace) -> None:
     )
     report_load("under load (warm: pages the baseline scored)", load, res.details, args.live)
     report_load("cold load (first decision on each page)", cold, res.details, args.live)
+    serial = res.serial
+    print(
+        f"cold, one at a time on the idle server: n={len(serial.sent)} "
+        f"p50_ms={ms(serial.latencies, 50):.1f} p99_ms={ms(serial.latencies, 99):.1f} "
+        f"server CPU {1000 * serial.server_cpu_s / max(len(serial.sent), 1):.1f} ms per decision; "
+        f"{by_kind(serial, res.details)}"
+    )
     whole = [r for r in cold.sent if kind_of(r, res.details) == "cold"]
     shapes = sorted(
         (d.get("windows"), d.get("windows_rendered"), tuple(d.get("sessions", {}).values()))
@@ -763,6 +788,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the load phase")
     parser.add_argument("--cold-seconds", type=float, default=4.0, help="the cold load phase")
     parser.add_argument("--pages", type=int, default=20, help="pages the decisions are about")
+    parser.add_argument(
+        "--cold-serial", type=int, default=50, help="cold decisions one at a time: CPU per decision"
+    )
     parser.add_argument("--page-seconds", type=float, default=60.0)
     parser.add_argument("--live", type=int, default=20, help="pages streaming during the load")
     parser.add_argument("--baseline", type=int, default=30, help="idle decisions, one by one")

@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
+import logging
 import math
 import re
 import threading
@@ -37,18 +38,20 @@ from typing import Any, Protocol
 
 import numpy as np
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from renderer.errors import InvalidInput, InvalidSession, NotFound
-from scoring import keys, model_store
+from scoring import keys, model_store, window_store
 from scoring.alerting import device_label, on_flag
 from scoring.cases import as_utc, open_case, record_event
 from scoring.policy import ActionPolicy, Policy, parse_policy
 from scoring.schema import Account, Decision, PageSession, Site, utcnow
-from scoring.session_store import SessionData, unpack_events
+from scoring.session_store import Caps, SessionData, unpack_events
+
+log = logging.getLogger(__name__)
 
 VISIT_WINDOW = dt.timedelta(minutes=30)
 """Page sessions of the same account and device started this recently belong to one visit."""
@@ -529,6 +532,8 @@ class DecisionContext:
     default with reason ``overloaded`` at once, instead of a late answer for everyone."""
     waiting: int = 0
     directory: LiveDirectory = field(default_factory=LiveDirectory)
+    windows_ttl_s: int = Caps().ttl_s
+    """How long a page's stored window outputs live: as long as its samples."""
 
 
 @dataclass
@@ -567,32 +572,34 @@ for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
     if f[j] == 'e' then parts[#parts + 1] = f[j + 1] end
   end
 end
-return {meta, table.concat(parts)}
+return {meta, table.concat(parts), redis.call('HGETALL', KEYS[3])}
 """
 _SNAPSHOT_SHA = hashlib.sha1(_SNAPSHOT_LUA.encode()).hexdigest()
 
 
 async def _snapshot_raw(redis: aioredis.Redis, sid: str) -> Any:
-    keys_ = (keys.session_meta(sid), keys.session_samples(sid))
+    keys_ = (keys.session_meta(sid), keys.session_samples(sid), keys.session_windows(sid))
     try:
-        return await redis.evalsha(_SNAPSHOT_SHA, 2, *keys_)
+        return await redis.evalsha(_SNAPSHOT_SHA, 3, *keys_)
     except NoScriptError:  # first use on this server, or it restarted
-        return await redis.eval(_SNAPSHOT_LUA, 2, *keys_)
+        return await redis.eval(_SNAPSHOT_LUA, 3, *keys_)
 
 
 async def snapshot(redis: aioredis.Redis, sid: str) -> SessionData | None:
     """Meta and every buffered event of a page session as of one instant (one script, atomic
     like MULTI/EXEC), so the samples scored are exactly those in Redis at that moment; None
     when it is gone. The frames' packed events are joined inside Redis: one bulk reply to
-    parse instead of one reply per frame, which cost more than the scoring itself."""
+    parse instead of one reply per frame, which cost more than the scoring itself. The page's
+    stored window outputs come with them (:mod:`scoring.window_store`)."""
     raw = await _snapshot_raw(redis, sid)
     if not raw:
         return None
-    flat, packed = raw
+    flat, packed, stored = raw
     meta = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
     events = unpack_events(packed)
     viewport = (int(meta.get("viewport_w") or 0), int(meta.get("viewport_h") or 0))
-    return SessionData(meta=meta, viewport=viewport, events=events)
+    windows = dict(zip(stored[::2], stored[1::2], strict=True))
+    return SessionData(meta=meta, viewport=viewport, events=events, windows=windows)
 
 
 async def gather(
@@ -614,9 +621,21 @@ class PageScore:
     score: float | None
     windows: int
     rendered: int = 0
+    stored: dict[str, bytes] = field(default_factory=dict)
+    """Window outputs computed here, for the page's shared store (:mod:`scoring.window_store`)."""
 
 
 def _score_page(scorer: LiveScorer, data: SessionData) -> PageScore:
+    cache = window_store.shared_cache(scorer)
+    if cache is None:
+        return _score_events(scorer, data)
+    cache.seed(data.windows)  # what another process (or this one) already scored
+    with cache.recording() as new:
+        page = _score_events(scorer, data)
+    return dataclasses.replace(page, stored=cache.fields(new))
+
+
+def _score_events(scorer: LiveScorer, data: SessionData) -> PageScore:
     try:
         score, windows, rendered = scorer.score_events(data.events, data.viewport)
     except InvalidSession:  # nothing usable in this page (e.g. clicks only): no evidence
@@ -638,12 +657,22 @@ async def score_pages(
         ctx.waiting -= 1
     try:
         loop = asyncio.get_running_loop()
-        return {
+        scored = {
             sid: await loop.run_in_executor(ctx.scoring_pool, _score_page, scorer, data)
             for sid, data in pages.items()
         }
     finally:
         ctx.scoring_slots.release()
+    await _share(ctx, {sid: page.stored for sid, page in scored.items()})
+    return scored
+
+
+async def _share(ctx: DecisionContext, stored: dict[str, dict[str, bytes]]) -> None:
+    """Store new window outputs for the other processes; a failure only costs them a render."""
+    try:
+        await window_store.save(ctx.redis, stored, ctx.windows_ttl_s)
+    except RedisError as e:
+        log.warning("window outputs not shared: %s", e)
 
 
 @dataclass
@@ -790,7 +819,12 @@ def mouse_model_chooser(
                 # torch and checkpoints: imported only once a decision needs a model
                 from scoring.mouse.inference import MouseScorer
 
-                state["scorer"] = MouseScorer(sessions, model_dir, device)
+                loaded = MouseScorer(sessions, model_dir, device)
+                # outputs shared with the other server processes through Redis
+                loaded.window_cache = window_store.SharedWindowCache(
+                    window_store.models_tag(_loaded_ids(loaded))
+                )
+                state["scorer"] = loaded
             return state["scorer"]
 
     # account → its choice, per loaded scorer: which head judges an account is read from the

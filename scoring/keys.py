@@ -27,6 +27,12 @@ def session_seqs(sid: str) -> str:
     return f"{PREFIX}:{{{sid}}}:seqs"
 
 
+def session_windows(sid: str) -> str:
+    """Hash ``<models>:<network>:<window digest>`` → that network's output for one complete
+    window of the page (float32 bytes): scored once by any server process, read by all."""
+    return f"{PREFIX}:{{{sid}}}:windows"
+
+
 def session_end_lock(sid: str) -> str:
     """Set once with NX when the session ends, so exactly one scoring job is enqueued."""
     return f"{PREFIX}:{{{sid}}}:ended"

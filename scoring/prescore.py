@@ -37,7 +37,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from scoring import keys
+from scoring import keys, window_store
 from scoring.decisions import MODEL_RECHECK_S, DecisionContext, _text, snapshot
 from scoring.mouse.live import live_bounds
 from scoring.schema import Account
@@ -98,10 +98,17 @@ def _account_id(sessions: sessionmaker[Session], site_id: str, external: str) ->
         return int(found) if found is not None else None
 
 
-def _job(scorer: Any, data: Any, limit: int) -> tuple[int, int, float]:
+def _job(scorer: Any, data: Any, limit: int) -> tuple[int, int, float, dict[str, bytes]]:
+    """(rendered, still to do, thread CPU, the new outputs for the page's shared store)."""
     t0 = time.thread_time()
-    rendered, left = scorer.prescore_events(data.events, data.viewport, limit)
-    return int(rendered), int(left), time.thread_time() - t0
+    cache = window_store.shared_cache(scorer)
+    if cache is None:
+        rendered, left = scorer.prescore_events(data.events, data.viewport, limit)
+        return int(rendered), int(left), time.thread_time() - t0, {}
+    cache.seed(data.windows)  # another process may have scored them already
+    with cache.recording() as new:
+        rendered, left = scorer.prescore_events(data.events, data.viewport, limit)
+    return int(rendered), int(left), time.thread_time() - t0, cache.fields(new)
 
 
 @dataclass
@@ -230,7 +237,7 @@ class Prescorer:
             return 0
         rendered = 0
         while rendered < budget and not self._busy():  # a decision waiting goes first
-            done, left = await self._job(scorer, data, min(PER_JOB, budget - rendered))
+            done, left = await self._job(sid, scorer, data, min(PER_JOB, budget - rendered))
             rendered += done
             if left == 0:
                 self.done[sid] = count
@@ -239,17 +246,18 @@ class Prescorer:
         self.stats.pages += 1
         return rendered
 
-    async def _job(self, scorer: Any, data: Any, limit: int) -> tuple[int, int]:
+    async def _job(self, sid: str, scorer: Any, data: Any, limit: int) -> tuple[int, int]:
         """Up to ``limit`` windows in a scoring thread, holding a scoring slot (free: the
-        caller checked, and nothing awaits in between)."""
+        caller checked, and nothing awaits in between); their outputs are shared."""
         await self.ctx.scoring_slots.acquire()
         try:
             loop = asyncio.get_running_loop()
-            rendered, left, cpu = await loop.run_in_executor(
+            rendered, left, cpu, stored = await loop.run_in_executor(
                 self.ctx.scoring_pool, _job, scorer, data, limit
             )
         finally:
             self.ctx.scoring_slots.release()
+        await window_store.save(self.ctx.redis, {sid: stored}, self.ctx.windows_ttl_s)
         self.stats.job_cpu_s += cpu
         self.stats.windows += rendered
         return rendered, left

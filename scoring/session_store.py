@@ -22,7 +22,7 @@ import hashlib
 import struct
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
@@ -116,6 +116,8 @@ class SessionData:
     meta: dict[str, str]
     viewport: tuple[int, int]
     events: np.ndarray  # (N, 4) float64: t_ms, x, y, code; sorted by time
+    windows: dict[bytes, bytes] = field(default_factory=dict)
+    """Stored window outputs of the page (:mod:`scoring.window_store`), when read with it."""
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
+from starlette.testclient import TestClient
 from test_decision_support import human_path, move_frames, train_tiny_models
 from test_decisions_api import Env, _env
 
 from renderer.mouse import sanitize
-from scoring import prescore, session_store
+from scoring import decisions, keys, prescore, session_store, window_store
 from scoring.mouse.data import Preprocessing
 from scoring.mouse.inference import MouseScorer
 from scoring.mouse.live import live_bounds
 from scoring.prescore import Prescorer, complete_windows
+from server.app import create_app
 from server.settings import load_settings
 
 
@@ -210,6 +213,37 @@ def test_each_page_is_prescored_and_decided_on_its_own_networks_windows(
         assert details["windows"] == live[who] and details["windows_rendered"] == 1
         assert answer["reasons"][-1] == ("account_model" if who else "group_model")
     assert p._window_events("a page it has not seen") == prescore.WINDOW_EVENTS
+
+
+def test_windows_scored_in_one_server_process_serve_decisions_in_another(
+    quick: Env, tmp_path: Path, redis_url: str
+) -> None:
+    # several server processes share no memory: pre-scored windows must reach a decision
+    # that lands on another process through Redis, or it renders every window again
+    quick.train(["alice", "bob"])
+    sid = _page(quick, "", 2400, seed=9)
+    rendered = _tick(quick, _prescorer(quick, 1000))
+    stored = redis.Redis.from_url(redis_url).hgetall(keys.session_windows(sid))
+    assert rendered >= 1 and len(stored) == rendered
+    settings = load_settings(
+        {},
+        database_url=quick.db_url,
+        redis_url=redis_url,
+        data_dir=tmp_path / "other",
+        model_dir=quick.model_dir,
+        prescore_windows_per_s=0,
+    )
+    with TestClient(create_app(settings)) as other_client:
+        other = Env(other_client, quick.db_url, quick.sites, quick.model_dir)
+        answer = other.decide({"session_id": sid, "action": "login"}).json()
+        details = other.details(answer["decision_id"])
+    assert details["windows"] == rendered + 1 and details["windows_rendered"] == 1
+    # the same answer as the process that pre-scored it, which renders its tail itself
+    again = quick.decide({"session_id": sid, "action": "login"}).json()
+    assert again["score"] == pytest.approx(answer["score"], abs=1e-6)
+    # the stored outputs are the loaded models' own: a field names them, then the network
+    tag = window_store.models_tag(decisions._loaded_ids(_scorer(quick)))
+    assert all(f.startswith(tag.encode() + b":") for f in stored)
 
 
 async def _read(redis_url: str, sid: str) -> session_store.SessionData:

@@ -81,6 +81,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for_servers(
+    base: str, port: int, servers: list[subprocess.Popen[bytes]], timeout: float = 120
+) -> None:
+    """Until every server process answers (they share the port; fresh connections spread)."""
+    import httpx
+
+    for server in servers:
+        wait_for_port(port, server)
+    deadline, seen = time.monotonic() + timeout, set()
+    while len(seen) < len(servers) and time.monotonic() < deadline:
+        for server in servers:
+            if server.poll() is not None:
+                raise SystemExit(f"server exited with {server.returncode}")
+        with httpx.Client(base_url=base, timeout=10) as client:  # a new connection each
+            seen.add(client.get("/bench/prescore").json()["pid"])
+    if len(seen) < len(servers):
+        raise SystemExit(f"only {len(seen)} of {len(servers)} server processes answered")
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -101,6 +120,7 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.commands.serve import uvicorn_config
     from server.settings import load_settings
 
     torch.set_num_threads(args.torch_threads)
@@ -111,14 +131,13 @@ def serve(args: argparse.Namespace) -> None:
         profile_loop_thread(args.profile)
     app = create_app(settings)
     app.add_route("/bench/prescore", prescore_stats)  # the benchmark's own window into it
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        ws="websockets",
-        ws_per_message_deflate=False,
-        log_level="warning",
-    )
+    # every server process binds the port itself: the kernel spreads connections over them
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", args.port))
+    config = uvicorn_config(app, "127.0.0.1", args.port, "warning")
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 async def prescore_stats(request: Any) -> Any:
@@ -128,6 +147,7 @@ async def prescore_stats(request: Any) -> Any:
     return JSONResponse(
         {
             **prescorer.stats.as_json(),
+            "pid": os.getpid(),
             "live_pages": len(prescorer.ctx.directory.seen),
             "pages_current": len(prescorer.done),
             **({"done": list(prescorer.done)} if "done" in request.query_params else {}),
@@ -146,8 +166,10 @@ def profile_loop_thread(path: str) -> None:
     prof.enable()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc; NaN elsewhere)."""
+def cpu_seconds(pid: int | list[int]) -> float:
+    """User + system CPU seconds of a process (or several) so far (Linux /proc; NaN elsewhere)."""
+    if isinstance(pid, list):
+        return sum(cpu_seconds(p) for p in pid)
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -426,7 +448,7 @@ async def stream(url: str, key: str, until: float, load: Load, seed: int) -> Non
 
 
 async def run_load(
-    base: str, site: Site, pick: Any, n: int, args: argparse.Namespace, server_pid: int
+    base: str, site: Site, pick: Any, n: int, args: argparse.Namespace, server_pid: list[int]
 ) -> Load:
     """``n`` decisions at ``args.rate`` (decision ``i`` on page ``pick(i)``) while ``--live``
     pages stream."""
@@ -529,34 +551,38 @@ def run_all(args: argparse.Namespace, root: Path, redis_url: str) -> Results:
     cmd += ["--redis", redis_url, "--model-dir", str(model_dir)]
     cmd += ["--torch-threads", str(args.torch_threads)]
     cmd += ["--profile", args.profile] if args.profile else []
-    server = subprocess.Popen(cmd, cwd=ROOT)
+    servers = [subprocess.Popen(cmd, cwd=ROOT) for _ in range(args.server_processes)]
+    pids = [server.pid for server in servers]
     pages = OpenPages()
     try:
-        wait_for_port(port, server)
         base = f"http://127.0.0.1:{port}"
+        wait_for_servers(base, port, servers)
         sids = pages.ingest(base, site, args.pages, args.page_seconds, 0)
         n_cold = int(args.rate * args.cold_seconds)
         cold_sids = pages.ingest(base, site, n_cold, args.page_seconds, 10_000)
         serial_sids = pages.ingest(base, site, args.cold_serial, args.page_seconds, 20_000)
         n_live = len(sids) + len(cold_sids) + len(serial_sids)
-        catch_up = asyncio.run(wait_for_prescoring(base, server.pid, n_live))
+        catch_up = asyncio.run(wait_for_prescoring(base, pids, n_live))
         step(f"pages ingested; pre-scoring caught up {catch_up.seconds:.1f} s later; baseline")
         idle = asyncio.run(baseline(base, site, sids, args.baseline))
         step(f"baseline done; {args.rate:g} decisions/s for {args.seconds:g} s under ingestion")
         rng = random.Random(2)
         n = int(args.rate * args.seconds)
-        load = asyncio.run(run_load(base, site, lambda _i: rng.choice(sids), n, args, server.pid))
+        load = asyncio.run(run_load(base, site, lambda _i: rng.choice(sids), n, args, pids))
         step(f"load done; cold load: {n_cold} decisions, each on a page never decided before")
-        cold = asyncio.run(run_load(base, site, cold_sids.__getitem__, n_cold, args, server.pid))
+        cold = asyncio.run(run_load(base, site, cold_sids.__getitem__, n_cold, args, pids))
         step(f"cold, one at a time: {len(serial_sids)} decisions on the idle server")
-        serial = asyncio.run(baseline(base, site, serial_sids, len(serial_sids), server.pid))
+        serial = asyncio.run(baseline(base, site, serial_sids, len(serial_sids), pids))
         if args.profile:
-            server.send_signal(signal.SIGUSR1)
+            for server in servers:
+                server.send_signal(signal.SIGUSR1)
             time.sleep(3)
         pages.close()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            server.wait(timeout=30)
     details = decision_details(db)
     step("worker path")
     last = {r.sid: r for r in load.scored()}
@@ -579,7 +605,7 @@ class CatchUp:
 
 
 async def wait_for_prescoring(
-    base: str, server_pid: int, pages: int, timeout: float = 300
+    base: str, server_pid: list[int], pages: int, timeout: float = 300
 ) -> CatchUp:
     """Poll the pre-scorer until a whole tick found nothing left to do (no backlog, no new
     window since the last poll, two polls in a row) with all ``pages`` in its live directory."""
@@ -618,7 +644,7 @@ def ms(values: list[float], q: float) -> float:
 
 
 async def baseline(
-    base: str, site: Site, sids: list[str], n: int, server_pid: int | None = None
+    base: str, site: Site, sids: list[str], n: int, server_pid: list[int] | None = None
 ) -> Load:
     """``n`` decisions one after the other (``server_pid``: measure the server's CPU)."""
     import httpx
@@ -795,6 +821,12 @@ def main() -> None:
     parser.add_argument("--live", type=int, default=20, help="pages streaming during the load")
     parser.add_argument("--baseline", type=int, default=30, help="idle decisions, one by one")
     parser.add_argument("--torch-threads", type=int, default=1, help="per scoring thread")
+    parser.add_argument(
+        "--server-processes",
+        type=int,
+        default=1,
+        help="server processes sharing the port (window outputs shared through Redis)",
+    )
     parser.add_argument("--database-url", help="default: a SQLite file in a temporary folder")
     parser.add_argument("--profile", help="write a cProfile of the server's event-loop thread")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)

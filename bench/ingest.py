@@ -391,6 +391,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_wait_seconds(pid: int) -> float:
+    """Time ``pid`` spent runnable but waiting for a CPU (the scheduler's run-queue delay): how
+    much more CPU it would have used on a machine with a core free for it."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -420,6 +426,8 @@ class Result:
     rss_per_conn: float
     gen_cpu: float = 0.0
     redis_cpu: float = 0.0
+    cpu_wait: float = 0.0
+    redis_cpu_wait: float = 0.0
     ends: Ends = field(default_factory=Ends)
 
     @property
@@ -482,12 +490,14 @@ class Watch(threading.Thread):
         self.pids, self.t_begin = [server, redis, *players], t_begin
         self.peak = rss_bytes(server)
         self.cpu0: list[float] | None = None
+        self.wait0: list[float] = []
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(0.05 if self.cpu0 is None else 0.5):
             if self.cpu0 is None and time.monotonic() >= self.t_begin:
                 self.cpu0 = [cpu_seconds(pid) for pid in self.pids]
+                self.wait0 = [cpu_wait_seconds(pid) for pid in self.pids[:2]]
             self.peak = max(self.peak, rss_bytes(self.pids[0]))
 
 
@@ -538,6 +548,7 @@ def measure(
         rss0, args.server_pid = rss_bytes(proc.pid), proc.pid
         stats, watch, t_end = play_pages(port, key, frames, args)
         server_cpu, redis_cpu = cpu_seconds(proc.pid), cpu_seconds(args.redis_pid)
+        waits = [cpu_wait_seconds(proc.pid), cpu_wait_seconds(args.redis_pid)]
         wall = t_end - stats.t_begin
         cpu0 = watch.cpu0 or [0.0] * len(watch.pids)
         result = Result(
@@ -545,6 +556,9 @@ def measure(
         )
         result.redis_cpu = (redis_cpu - cpu0[1]) / wall
         result.gen_cpu = (stats.cpu_s - sum(cpu0[2:])) / wall
+        wait0 = watch.wait0 or [0.0, 0.0]
+        result.cpu_wait = (waits[0] - wait0[0]) / wall
+        result.redis_cpu_wait = (waits[1] - wait0[1]) / wall
         if kind == "trailguard":
             result.ends = wait_for_ends(redis_url, stats.sids, proc.pid)
         return result
@@ -609,7 +623,8 @@ def report(name: str, r: Result) -> None:
         f"p99_ack_ms={percentile_ms(s.latencies, 99):.1f} server_cpu={r.cpu:.2f} "
         f"rss_per_conn_kb={r.rss_per_conn / 1024:.0f} "
         f"cpu_us_per_msg={r.cpu * r.wall_s / max(1, s.acked) * 1e6:.0f} "
-        f"generator_cpu={r.gen_cpu:.2f} redis_cpu={r.redis_cpu:.2f} wall_s={r.wall_s:.1f}"
+        f"server_cpu_wait={r.cpu_wait:.2f} generator_cpu={r.gen_cpu:.2f} "
+        f"redis_cpu={r.redis_cpu:.2f} redis_cpu_wait={r.redis_cpu_wait:.2f} wall_s={r.wall_s:.1f}"
     )
 
 
@@ -645,7 +660,8 @@ def bench(args: argparse.Namespace) -> None:
     print(
         f"trailguard stored {stored} of {tg.stats.sent_samples} samples; "
         f"{rate:.0f} samples/s over {ingest_s:.1f} s from first frame to last ack; "
-        f"server CPU {tg.cpu:.2f} core (echo {echo.cpu:.2f}); "
+        f"server CPU {tg.cpu:.2f} core (echo {echo.cpu:.2f}), and {tg.cpu_wait:.2f} core more "
+        f"it waited for (echo {echo.cpu_wait:.2f}); "
         f"memory per connection {tg.rss_per_conn / 1024:.0f} KiB "
         f"(echo {echo.rss_per_conn / 1024:.0f})"
     )

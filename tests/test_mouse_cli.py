@@ -71,6 +71,8 @@ def test_evaluate_group_writes_scores_metrics_and_roc(data: Path, tmp_path: Path
         400,
         2800,
     )
+    # one view per window, new training windows every epoch (docs/mouse.md, *Quality*)
+    assert prep["window_views"] == 1 and m["training"]["fresh_windows"] is True
 
 
 def test_synth_only_group_writes_the_group_files_with_their_own_people_counts(

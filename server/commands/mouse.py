@@ -67,7 +67,7 @@ TASK_DEFAULTS = {
         "oversample": TrainConfig().oversample,
         "window_views": Preprocessing().window_views,
     },
-    "group": {"window_events": 1600, "oversample": 2.0, "window_views": 1},
+    "group": {"window_events": 1600, "oversample": 2.0, "window_views": 1, "fresh_windows": True},
 }
 """Per-task defaults of ``--window-events`` and ``--oversample``. *group* scores page-visit-scale
 windows (1,600 events; training windows 400–2,800): in a grid of training people × window
@@ -97,7 +97,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         "--fresh-windows",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="group: draw new random training windows every epoch (default: no)",
+        help="group: draw new random training windows every epoch (default: group yes)",
     )
     p.add_argument("--epochs", type=int, default=t.epochs)
     p.add_argument("--batch-size", type=int, default=t.batch_size)

@@ -107,6 +107,12 @@ class Settings:
     )
     smtp_from: str = _setting("TrailGuard <alerts@localhost>", _str, "From address of alerts.")
     smtp_starttls: bool = _setting(False, _bool, "Use STARTTLS on smtp:// connections.")
+    server_processes: int = _setting(
+        1,
+        _int,
+        "Web server processes sharing the port (about one per core); live state and "
+        "pre-scored windows are shared through Redis.",
+    )
     workers: int = _setting(1, _int, "Worker processes that `trailguard run` starts.")
     worker_batch_size: int = _setting(16, _int, "Jobs one worker scores in one forward pass.")
     device: str = _setting("cpu", _str, "Torch device for scoring: cpu or cuda.")

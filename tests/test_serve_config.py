@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import psutil
 import uvloop
 from starlette.applications import Starlette
+from test_worker_faults import free_port, wait_for
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from server.commands.serve import uvicorn_config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_serve_runs_uvloop_httptools_and_sansio_websockets() -> None:
@@ -23,3 +34,54 @@ def test_serve_runs_uvloop_httptools_and_sansio_websockets() -> None:
         assert isinstance(loop, uvloop.Loop)
     finally:
         loop.close()
+
+
+def test_several_server_processes_share_the_port_and_stop_together(tmp_path: Path) -> None:
+    # one Python process is one interpreter lock: decisions under load need one per core
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "TRAILGUARD_DATA_DIR": str(tmp_path / "var"),
+        "TRAILGUARD_DATABASE_URL": f"sqlite:///{tmp_path / 'tg.db'}",
+        "TRAILGUARD_PORT": str(port),
+        "TRAILGUARD_SERVER_PROCESSES": "2",
+    }
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "run", "--no-worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+    servers: list[psutil.Process] = []
+    try:
+        wait_for(lambda: _listening(proc.pid, port) >= 2, 90, "two processes on the port")
+        servers = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for _ in range(20):  # new connections each: the kernel spreads them
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+                assert r.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    _gone, alive = psutil.wait_procs(servers, timeout=30)
+    for p in alive:
+        p.kill()
+    assert alive == [], log.read_text()[-2000:]
+
+
+def _listening(pid: int, port: int) -> int:
+    """Processes of ``pid``'s tree holding a listening socket on ``port``."""
+    try:
+        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    count = 0
+    for p in tree:
+        try:
+            conns = p.net_connections(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        count += any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns)
+    return count

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -83,11 +85,44 @@ def uvicorn_config(
 
 
 def _serve(settings: Settings, redis_url: str) -> None:
+    """Serve in this process, plus ``server_processes - 1`` more on the same socket."""
+    if settings.server_processes <= 1:
+        _serve_on(settings, redis_url, None)
+        return
+    sock = _listen(settings.host, settings.port)
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads
+    others = [
+        spawn.Process(target=_serve_on, args=(settings, redis_url, sock), name=f"server-{i}")
+        for i in range(1, settings.server_processes)
+    ]
+    for proc in others:
+        proc.start()
+    try:
+        _serve_on(settings, redis_url, sock)
+    finally:
+        for proc in others:
+            proc.terminate()  # SIGTERM: uvicorn finishes its requests and exits
+        for proc in others:
+            proc.join(30)
+
+
+def _serve_on(settings: Settings, redis_url: str, sock: socket.socket | None) -> None:
+    """One server process: its own app, event loop and interpreter lock; with ``sock``, the
+    kernel hands it a share of the connections accepted on the shared socket."""
     app = create_app(settings, redis_url=redis_url)
     config = uvicorn_config(app, settings.host, settings.port, settings.log_level)
     # Server.run, not asyncio.run(server.serve()): only run() creates the loop through the
     # config's loop factory, so only run() gets uvloop.
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -100,6 +135,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     engine = make_engine(settings.database_url)
     ping(engine)
     engine.dispose()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that _serve stops its other processes
     _serve(settings, settings.redis_url)
     return 0
 

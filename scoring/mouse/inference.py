@@ -184,14 +184,16 @@ class MouseScorer:
         """
         batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
         parts = []
+        # the networks were put in eval mode once, at load: .eval() walks every module, and
+        # a live decision runs one window
         with self._lock, torch.inference_mode():
             if self.owner is not None and mode in (None, "owner"):
-                parts.append(self.owner.model.eval().embed(batch).float())
+                parts.append(self.owner.model.embed(batch).float())
             group = self.group or (self.untrained_model if self.untrained else None)
             if group is not None and mode != "owner":
                 size = group.prep.size
                 x = batch if batch.shape[-1] == size else F.interpolate(batch, size=(size, size))
-                parts.append(group.model.eval()(x).float())
+                parts.append(group.model(x).float())
             else:
                 parts.append(torch.full((len(batch), 1), float("nan")))
         return torch.cat(parts, dim=1).cpu()

@@ -52,7 +52,7 @@ class TrainConfig:
     calib_lengths: PieceLengths = field(default_factory=PieceLengths)
     pretrained: str = "none"
     oversample: float = 1.5
-    fresh_windows: bool = False
+    fresh_windows: bool = False  # group: new random training windows every epoch
     max_negatives: int = 4000
     seed: int = 0
     progress: bool = True

@@ -108,6 +108,7 @@ def fit(
     epochs = tqdm(range(cfg.epochs), desc=desc, disable=not cfg.progress)
     for epoch in epochs:
         if redraw is not None and epoch > 0:
+            del x, y  # the caller holds no reference: the last draw is freed before the next
             x, y = redraw()
         loss = train_one_epoch(
             model, batches(), opt, loss_fn, desc=f"epoch {epoch + 1}", progress=cfg.progress

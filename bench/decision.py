@@ -423,6 +423,9 @@ class Load:
         return out
 
 
+KEEP_ALIVE_S = 4.0
+
+
 class Client:
     """A lean HTTP/1.1 keep-alive client for the decision requests.
 
@@ -435,7 +438,18 @@ class Client:
         host, _, port = base.removeprefix("http://").partition(":")
         self.host, self.port = host, int(port)
         self.auth = f"Bearer {site.key}.{site.secret}"
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """An idle pooled connection, or a new one. uvicorn closes a keep-alive connection
+        after 5 s idle: one idle for longer than KEEP_ALIVE_S is dropped, not reused (a
+        request written to it would meet the server's close)."""
+        while self.idle:
+            reader, writer, last = self.idle.pop()
+            if time.monotonic() - last < KEEP_ALIVE_S:
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection(self.host, self.port)
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
         raw = json.dumps(body).encode()
@@ -443,8 +457,7 @@ class Client:
             f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: {self.auth}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
         )
-        conn = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
-        reader, writer = conn
+        reader, writer = await self._connection()
         try:
             writer.write(head.encode() + raw)
             status_line = await reader.readline()
@@ -454,11 +467,11 @@ class Client:
         except BaseException:
             writer.close()
             raise
-        self.idle.append(conn)
+        self.idle.append((reader, writer, time.monotonic()))
         return int(status_line.split()[1]), answer
 
     async def aclose(self) -> None:
-        for _reader, writer in self.idle:
+        for _reader, writer, _last in self.idle:
             writer.close()
         self.idle.clear()
 

@@ -291,7 +291,7 @@ class SynthConfig:
     test_min_events: int = 100
     test_max_events: int = 5000
     impostor_fraction: float = 0.5
-    group_train_people: int = 360
+    group_train_people: int = 480
     group_test_people: int = 60
     group_sessions: int = 6
     group_min_events: int = 5000

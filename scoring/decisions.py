@@ -626,13 +626,10 @@ class PageScore:
 
 
 def _score_page(scorer: LiveScorer, data: SessionData) -> PageScore:
-    cache = window_store.shared_cache(scorer)
-    if cache is None:
-        return _score_events(scorer, data)
-    cache.seed(data.windows)  # what another process (or this one) already scored
-    with cache.recording() as new:
-        page = _score_events(scorer, data)
-    return dataclasses.replace(page, stored=cache.fields(new))
+    page, stored = window_store.scored_with(
+        scorer, data.windows, lambda: _score_events(scorer, data)
+    )
+    return dataclasses.replace(page, stored=stored)
 
 
 def _score_events(scorer: LiveScorer, data: SessionData) -> PageScore:

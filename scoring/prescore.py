@@ -101,14 +101,10 @@ def _account_id(sessions: sessionmaker[Session], site_id: str, external: str) ->
 def _job(scorer: Any, data: Any, limit: int) -> tuple[int, int, float, dict[str, bytes]]:
     """(rendered, still to do, thread CPU, the new outputs for the page's shared store)."""
     t0 = time.thread_time()
-    cache = window_store.shared_cache(scorer)
-    if cache is None:
-        rendered, left = scorer.prescore_events(data.events, data.viewport, limit)
-        return int(rendered), int(left), time.thread_time() - t0, {}
-    cache.seed(data.windows)  # another process may have scored them already
-    with cache.recording() as new:
-        rendered, left = scorer.prescore_events(data.events, data.viewport, limit)
-    return int(rendered), int(left), time.thread_time() - t0, cache.fields(new)
+    (rendered, left), stored = window_store.scored_with(
+        scorer, data.windows, lambda: scorer.prescore_events(data.events, data.viewport, limit)
+    )
+    return int(rendered), int(left), time.thread_time() - t0, stored
 
 
 @dataclass

@@ -21,14 +21,17 @@ scoring the same window at the same moment both write the same bytes: harmless.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
 import redis.asyncio as aioredis
 
 from scoring import keys
 from scoring.mouse.live import CACHE_WINDOWS, WindowCache
+
+T = TypeVar("T")
 
 Row = tuple[str, bytes, np.ndarray]
 """(network, window digest, output row)."""
@@ -90,6 +93,21 @@ def shared_cache(scorer: object) -> SharedWindowCache | None:
     inner = getattr(scorer, "scorer", scorer)
     cache = getattr(inner, "window_cache", None)
     return cache if isinstance(cache, SharedWindowCache) else None
+
+
+def scored_with(
+    scorer: object, stored: dict[bytes, bytes], call: Callable[[], T]
+) -> tuple[T, dict[str, bytes]]:
+    """Run ``call``, a scoring call of ``scorer`` on one page, with the page's ``stored`` rows
+    put in its shared cache first; returns the call's result and the hash fields of the rows
+    it computed (none when the scorer has no shared cache), for :func:`save`."""
+    cache = shared_cache(scorer)
+    if cache is None:
+        return call(), {}
+    cache.seed(stored)  # what another process (or this one) already scored
+    with cache.recording() as new:
+        result = call()
+    return result, cache.fields(new)
 
 
 async def save(redis: aioredis.Redis, rows: dict[str, dict[str, bytes]], ttl_s: int) -> None:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import psutil
 import uvloop
 from starlette.applications import Starlette
+from test_worker_command import start_run
 from test_worker_faults import free_port, wait_for
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from server.commands.serve import uvicorn_config
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_serve_runs_uvloop_httptools_and_sansio_websockets() -> None:
@@ -39,22 +35,7 @@ def test_serve_runs_uvloop_httptools_and_sansio_websockets() -> None:
 def test_several_server_processes_share_the_port_and_stop_together(tmp_path: Path) -> None:
     # one Python process is one interpreter lock: decisions under load need one per core
     port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "TRAILGUARD_DATA_DIR": str(tmp_path / "var"),
-        "TRAILGUARD_DATABASE_URL": f"sqlite:///{tmp_path / 'tg.db'}",
-        "TRAILGUARD_PORT": str(port),
-        "TRAILGUARD_SERVER_PROCESSES": "2",
-    }
-    log = tmp_path / "run.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "run", "--no-worker"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
+    proc, log = start_run(tmp_path, port, "--no-worker", TRAILGUARD_SERVER_PROCESSES="2")
     servers: list[psutil.Process] = []
     try:
         wait_for(lambda: _listening(proc.pid, port) >= 2, 90, "two processes on the port")

@@ -101,17 +101,7 @@ def _alive(pid: int) -> bool:
 
 def test_run_starts_workers_on_the_embedded_redis(tmp_path: Path) -> None:
     port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "TRAILGUARD_DATA_DIR": str(tmp_path / "var"),
-        "TRAILGUARD_DATABASE_URL": f"sqlite:///{tmp_path / 'tg.db'}",
-        "TRAILGUARD_PORT": str(port),
-    }
-    log = tmp_path / "run.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "run"], cwd=ROOT, env=env, stdout=out, stderr=out
-        )
+    proc, log = start_run(tmp_path, port)
     children: list[int] = []
     try:
         # The worker joined the group of every pipeline that loads, on the embedded Redis's
@@ -133,6 +123,25 @@ def test_run_starts_workers_on_the_embedded_redis(tmp_path: Path) -> None:
     # SIGTERM to `trailguard run` stops its workers and its embedded Redis too
     assert orphans == []
     assert leftover_redis == 0
+
+
+def start_run(
+    tmp_path: Path, port: int, *args: str, **env: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """``trailguard run ARGS`` on embedded defaults in ``tmp_path`` (``env``: more settings),
+    its output in the returned log file."""
+    environ = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "TRAILGUARD_DATA_DIR": str(tmp_path / "var"),
+        "TRAILGUARD_DATABASE_URL": f"sqlite:///{tmp_path / 'tg.db'}",
+        "TRAILGUARD_PORT": str(port),
+        **env,
+    }
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        cmd = [sys.executable, "-m", "server.cli", "run", *args]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=out)
+    return proc, log
 
 
 def _stop_embedded_redis(directory: Path) -> int:

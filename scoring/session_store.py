@@ -441,22 +441,19 @@ async def touch_live(redis: aioredis.Redis, sid: str, now: float) -> None:
     await redis.zadd(keys.LIVE_SESSIONS, {sid: now})
 
 
-async def connection_closed(redis: aioredis.Redis, sid: str, now: float, live: bool = True) -> None:
+async def connection_closed(redis: aioredis.Redis, sid: str, now: float) -> None:
     """One connection of the session went away; the grace period starts now.
 
-    ``live=False`` leaves the session out of the live index: the connection itself ended it,
-    and an ended session put back there would be looked at by every sweep until its data
-    expires. One round trip: the count and time change together (MULTI, so no sweep sees the
-    count drop without the new time), then the live mark."""
+    One round trip: the count and time change together (MULTI, so no sweep sees the count
+    drop without the new time), then the live mark."""
     meta = keys.session_meta(sid)
     commands = [
         _resp("MULTI"),
         _resp("HINCRBY", meta, "connections", -1),
         _resp("HSET", meta, "last_seen", int(now)),
         _resp("EXEC"),
+        _resp("ZADD", keys.LIVE_SESSIONS, now, sid),
     ]
-    if live:
-        commands.append(_resp("ZADD", keys.LIVE_SESSIONS, now, sid))
     for reply in await _round_trip(redis, commands):
         if isinstance(reply, Exception):
             raise reply

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocketDisconnect
 from scoring import keys
 from scoring import session_store as store
 from scoring.database import make_engine, make_sessionmaker
-from scoring.schema import Account, PageSession
+from scoring.schema import Account, PageSession, Site
 from server import collect, wire
 from server.app import Services, create_app
 from server.settings import Settings, load_settings
@@ -488,6 +488,62 @@ def test_sessions_ended_together_get_their_rows_accounts_and_one_job_each(
         assert [names.get(r.account_id or 0, "") for r in rows if r] == accounts
         assert len({r.account_id for r in rows if r and r.account_id}) == 2  # one "shared" row
     engine.dispose()
+
+
+def test_ending_reuses_existing_accounts_and_completes_existing_rows(
+    env: tuple, tmp_path: Path, redis_url: str
+) -> None:
+    client, key, db = env
+    sids = _open_sessions(client, key, ["known", "new", "new"])
+    engine = make_engine(db)
+    with make_sessionmaker(engine)() as s:
+        site_id = s.scalars(select(Site.id).where(Site.key == key)).one()
+        known = Account(site_id=site_id, external_id="known")
+        s.add(known)
+        # a row that exists before the end (written by another part of the system) is
+        # completed, not inserted twice
+        s.add(PageSession(id=sids[0], site_id=site_id, page_path="/before"))
+        s.commit()
+        known_id = known.id
+    ended = asyncio.run(_end_all(_settings(tmp_path, db, redis_url), [(s, "end") for s in sids]))
+    assert sorted(ended) == sorted(sids)
+    with make_sessionmaker(engine)() as s:
+        rows = [s.get(PageSession, sid) for sid in sids]
+        assert all(r is not None and r.status == "ended" and r.n_samples == 30 for r in rows)
+        assert rows[0] is not None and rows[0].account_id == known_id
+        assert rows[0].page_path == "/checkout"  # from the session's meta, query cut off
+        accounts = {a.external_id: a.id for a in s.scalars(select(Account))}
+        assert sorted(accounts) == ["known", "new"]
+        assert [r.account_id for r in rows[1:] if r] == [accounts["new"]] * 2
+    engine.dispose()
+
+
+def test_ends_wait_to_batch_but_stopping_the_ender_ends_them_at_once(
+    quick: tuple, settings: Settings, redis_client: redis.Redis
+) -> None:
+    client, key, _app = quick
+    sids = _open_sessions(client, key, ["", ""])
+
+    async def scenario() -> tuple[list[bool], float]:
+        app = create_app(settings)
+        app.state.services = await _services(settings)
+        app.state.collector_config = replace(QUIET, end_linger_s=60.0)
+        ender = collect.SessionEnder(app)
+        runner = asyncio.create_task(ender.run())
+        ends = [asyncio.create_task(ender.end(sid, "end")) for sid in sids]
+        await asyncio.sleep(0.2)
+        assert not any(e.done() for e in ends)  # lingering for more ends to batch with
+        started = time.monotonic()
+        ender.stop()  # shutting down: what was asked for ends now, not after the linger
+        results = await asyncio.gather(*ends)
+        await runner
+        await app.state.services.redis.aclose()
+        app.state.services.engine.dispose()
+        return results, time.monotonic() - started
+
+    results, took = asyncio.run(scenario())
+    assert results == [True, True] and took < 10
+    assert sorted(j[b"session_id"].decode() for j in _jobs(redis_client)) == sorted(sids)
 
 
 def test_one_broken_session_does_not_stop_the_others_from_ending(

@@ -130,6 +130,12 @@ class Ingest:
         self.tokens = float(self.cfg.burst_samples)
         self.refilled = time.monotonic()
         self.touched = 0.0
+        # Looked up once, not per frame (Starlette's State lookups showed up in profiles);
+        # both are None in an app run without its lifespan.
+        batcher = getattr(app.state, "collector_batcher", None)
+        self.batcher = batcher if isinstance(batcher, store.AppendBatcher) else None
+        ender = getattr(app.state, "collector_ender", None)
+        self.ender = ender if isinstance(ender, SessionEnder) else None
 
     async def hello(self, raw: bytes) -> wire.Hello:
         h = wire.decode_hello(raw)
@@ -189,9 +195,8 @@ class Ingest:
     async def _touch(self, now: float, force: bool = False) -> None:
         if self.sid and (force or now - self.touched >= 1.0):
             self.touched = now
-            batcher = getattr(self.app.state, "collector_batcher", None)
-            if isinstance(batcher, store.AppendBatcher) and not force:
-                batcher.touch(self.sid, now)  # one ZADD per batch, not a round trip each
+            if self.batcher is not None and not force:
+                self.batcher.touch(self.sid, now)  # one ZADD per batch, not a round trip each
             else:
                 await store.touch_live(self.svc.redis, self.sid, now)
 
@@ -202,10 +207,9 @@ class Ingest:
         if self.connection:
             self._take_tokens(frame.n_samples)
         now = time.time()
-        batcher = getattr(self.app.state, "collector_batcher", None)
         args = (self.sid, frame.seq, bytes(frame.packed), frame.n_samples, frame.t0, frame.t_last)
-        if isinstance(batcher, store.AppendBatcher):
-            status = await batcher.append(*args, now, self.cfg.caps)
+        if self.batcher is not None:
+            status = await self.batcher.append(*args, now, self.cfg.caps)
         else:  # an app run without its lifespan (no batcher task): one round trip per frame
             status = await store.append_packed(self.svc.redis, *args, now, self.cfg.caps)
         _raise_for(status, frame)
@@ -219,9 +223,8 @@ class Ingest:
         writing the row can take a while, and the frame itself is safely stored)."""
         if not (frame.ended and self.sid):
             return
-        ender = getattr(self.app.state, "collector_ender", None)
-        if isinstance(ender, SessionEnder):  # runs in its own task: a closing page can't cut it
-            await ender.end(self.sid, "end")
+        if self.ender is not None:  # runs in its own task: a closing page can't cut it
+            await self.ender.end(self.sid, "end")
         else:  # an app run without its lifespan: end it here, shielded from the handler
             task = asyncio.ensure_future(
                 end_session(self.svc, self.cfg, self.sid, "end", time.time())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 
 import redis.asyncio as aioredis
 
@@ -82,6 +83,41 @@ def test_a_dropped_redis_connection_fails_its_batch_and_the_next_batch_reconnect
     first, failed, again = asyncio.run(_append_across_a_dropped_connection(redis_url))
     assert (first, again) == (store.APPENDED, store.APPENDED)
     assert failed == "ConnectionError"
+
+
+async def _append_while_redis_stops_answering(redis_url: str) -> tuple[str, float, int]:
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=0.3)
+    batcher = store.AppendBatcher(client)
+    runner = asyncio.create_task(batcher.run())
+    sid = secrets.token_hex(16)
+    packed = (store.pack_events([(10, 1, 2, 0)]), 1)
+    try:
+        await store.open_session(
+            client, sid, 1, {"site_key": "k"}, connection=True, now=1, ttl_s=60
+        )
+        await client.client_pause(1000, all=True)  # the server answers nobody for a second
+        started = time.monotonic()
+        try:
+            await batcher.append(sid, 0, *packed, 10, 10, 2.0, store.Caps())
+            failed = "stored"
+        except Exception as e:
+            failed = type(e).__name__
+        waited = time.monotonic() - started
+        await asyncio.sleep(1.2 - waited)
+        again = await batcher.append(sid, 1, *packed, 20, 20, 3.0, store.Caps())
+        return failed, waited, again
+    finally:
+        runner.cancel()
+        await asyncio.wait([runner])
+        batcher.close()
+        await client.aclose()
+
+
+def test_a_silent_redis_fails_the_batch_within_the_socket_timeout(redis_url: str) -> None:
+    # one timeout bounds the whole batch's replies (not one per reply): it still fires
+    failed, waited, again = asyncio.run(_append_while_redis_stops_answering(redis_url))
+    assert failed == "TimeoutError" and 0.25 < waited < 0.9
+    assert again == store.APPENDED
 
 
 def test_frames_are_decoded_straight_into_the_stored_record_layout() -> None:

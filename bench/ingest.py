@@ -134,6 +134,7 @@ class Stats:
     last_ack: float = 0.0
     cpu_s: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)  # seconds after t_begin, per latency
     sids: list[str] = field(default_factory=list)
 
     def merge(self, other: Stats) -> None:
@@ -142,6 +143,7 @@ class Stats:
         self.cpu_s += other.cpu_s
         self.last_ack = max(self.last_ack, other.last_ack)
         self.latencies += other.latencies
+        self.sent_at += other.sent_at
         self.sids += other.sids
 
 
@@ -305,6 +307,7 @@ class Page:
         now = time.monotonic()
         self.stats.last_ack = now
         self.stats.latencies.append(now - item[0])
+        self.stats.sent_at.append(item[0] - self.stats.t_begin)
         self.stats.acked += 1
         if self.conn is not None and self.done():
             self.conn.transport.write(CLOSE_1000)
@@ -613,8 +616,28 @@ def percentile_ms(values: list[float], q: float) -> float:
     return float(np.percentile(values, q) * 1000) if values else float("nan")
 
 
-def report(name: str, r: Result) -> None:
+def phases(s: Stats, seconds: float) -> str:
+    """p99 ack latency of the frames sent in the first second, the middle and the last
+    second (when pages connect, stream, and end and close together), and the worst second."""
+    sent, lat = np.asarray(s.sent_at), np.asarray(s.latencies)
+    if not len(sent):
+        return "no acks"
+    parts = {
+        "first_1s": sent < 1,
+        "middle": (sent >= 1) & (sent < seconds - 1),
+        "last_1s": sent >= seconds - 1,
+    }
+    out = [f"{k}={np.percentile(lat[m], 99) * 1000:.1f}" for k, m in parts.items() if m.any()]
+    second = np.floor(sent).astype(int)
+    worst = max(set(second.tolist()), key=lambda k: float(np.percentile(lat[second == k], 99)))
+    out.append(f"worst_second={worst} ({np.percentile(lat[second == worst], 99) * 1000:.1f})")
+    return "p99 ack ms by when the frame was sent: " + " ".join(out)
+
+
+def report(name: str, r: Result, args: argparse.Namespace) -> None:
     s = r.stats
+    if args.dump_latencies:  # for a closer look: seconds after the start, latency in seconds
+        np.save(f"{args.dump_latencies}-{name}.npy", np.array([s.sent_at, s.latencies]))
     print(
         f"{name:10s} pages={len(s.sids)} unfinished={s.failed_pages} reconnects={s.reconnects} "
         f"frames_sent={s.sent_frames} "
@@ -626,6 +649,7 @@ def report(name: str, r: Result) -> None:
         f"server_cpu_wait={r.cpu_wait:.2f} generator_cpu={r.gen_cpu:.2f} "
         f"redis_cpu={r.redis_cpu:.2f} redis_cpu_wait={r.redis_cpu_wait:.2f} wall_s={r.wall_s:.1f}"
     )
+    print(f"{name:10s} {phases(s, args.seconds)}")
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -639,9 +663,9 @@ def bench(args: argparse.Namespace) -> None:
             n_frames = max(1, round(args.seconds / FRAME_S))
             frames = [page_frames(rng, n_frames, args.rate_hz) for _ in range(args.pages)]
             echo = measure("echo", args, db, redis_url, key, frames)
-            report("echo", echo)
+            report("echo", echo, args)
             tg = measure("trailguard", args, db, redis_url, key, frames)
-            report("trailguard", tg)
+            report("trailguard", tg, args)
             stored = stored_samples(redis_url, tg.stats.sids)
         finally:
             redis_proc.terminate()
@@ -691,6 +715,11 @@ def main() -> None:
         type=int,
         default=1,
         help="load-generator processes that share the pages (default 1)",
+    )
+    parser.add_argument(
+        "--dump-latencies",
+        metavar="PREFIX",
+        help="save each server's (send time, ack latency) pairs to PREFIX-<server>.npy",
     )
     parser.add_argument("--serve", choices=["echo", "trailguard"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

@@ -120,6 +120,41 @@ def test_a_silent_redis_fails_the_batch_within_the_socket_timeout(redis_url: str
     assert again == store.APPENDED
 
 
+async def _append_after_a_script_flush(redis_url: str) -> tuple[list[int], list[int]]:
+    client = aioredis.Redis.from_url(redis_url)
+    batcher = store.AppendBatcher(client)
+    runner = asyncio.create_task(batcher.run())
+    sids = [secrets.token_hex(16) for _ in range(3)]
+    try:
+        for sid in sids:
+            await store.open_session(
+                client, sid, 1, {"site_key": "k"}, connection=True, now=1, ttl_s=60
+            )
+        await client.script_flush()  # Redis forgot the append script (restart, failover)
+        # two frames of each session in one batch: all of them meet the missing script
+        appends = [
+            batcher.append(sid, seq, store.pack_events([(t, 1, 2, 0)]), 1, t, t, 2.0, store.Caps())
+            for seq, t in ((0, 10), (1, 20))
+            for sid in sids
+        ]
+        statuses = await asyncio.gather(*appends)
+        counts = [int(await client.hget(keys.session_meta(sid), "n_samples") or 0) for sid in sids]
+        return list(statuses), counts
+    finally:
+        runner.cancel()
+        await asyncio.wait([runner])
+        batcher.close()
+        await client.aclose()
+
+
+def test_a_batch_that_meets_a_flushed_script_stores_every_frame_in_order(
+    redis_url: str,
+) -> None:
+    statuses, counts = asyncio.run(_append_after_a_script_flush(redis_url))
+    assert statuses == [store.APPENDED] * 6  # frame 1 after frame 0: nothing out of order
+    assert counts == [2, 2, 2]
+
+
 def test_frames_are_decoded_straight_into_the_stored_record_layout() -> None:
     samples = [(1000 + 50 * i, 500 + (i * 7) % 13 - 6, 300 - i) for i in range(40)]
     frame = wire.decode_frame(wire.encode_moves(0, samples))

@@ -34,6 +34,7 @@ from scoring.database import make_engine, make_sessionmaker
 from scoring.schema import Account, Decision
 from server import collect
 from server.app import create_app
+from server.commands.serve import uvicorn_config
 from server.settings import load_settings
 from server.sites import create_site
 
@@ -143,9 +144,8 @@ def world(tmp_path: Path, migrated_database_url: str, redis_url: str) -> Iterato
     sessions.kw["bind"].dispose()
     app = create_app(settings)
     app.state.collector_config = collect.CollectorConfig(grace_s=600, idle_s=3600)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets", log_level="warning")
-    )
+    # the uvicorn settings `trailguard serve` uses (WebSocket protocol, loop, parser)
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, "warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15

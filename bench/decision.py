@@ -92,7 +92,7 @@ def wait_for_servers(
 
     for server in servers:
         wait_for_port(port, server)
-    deadline, seen = time.monotonic() + timeout, set()
+    deadline, seen = time.monotonic() + timeout, set[object]()
     while len(seen) < len(servers) and time.monotonic() < deadline:
         for server in servers:
             if server.poll() is not None:

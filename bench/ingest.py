@@ -75,7 +75,7 @@ def free_port() -> int:
 # --- the two servers (run as `ingest.py --serve echo|trailguard`) -------------------------
 
 
-def echo_app():  # type: ignore[no-untyped-def]
+def echo_app() -> Any:
     from starlette.applications import Starlette
     from starlette.routing import WebSocketRoute
     from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -91,7 +91,7 @@ def echo_app():  # type: ignore[no-untyped-def]
     return Starlette(routes=[WebSocketRoute("/collect", echo)])
 
 
-def trailguard_app(database_url: str, redis_url: str):  # type: ignore[no-untyped-def]
+def trailguard_app(database_url: str, redis_url: str) -> Any:
     from server.app import create_app
     from server.settings import load_settings
 
@@ -453,7 +453,7 @@ def count_ends(redis_url: str, sids: list[str]) -> Ends:
     for sid in sids:
         pipe.hget(keys.session_meta(sid), "state")
     ended = sum(state == b"ended" for state in pipe.execute())
-    entries = client.xrange(keys.jobs_stream("mouse"))
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(keys.jobs_stream("mouse"))  # type: ignore[assignment]
     client.close()
     per_sid = collections.Counter(fields[b"session_id"].decode() for _id, fields in entries)
     one = sum(per_sid[sid] == 1 for sid in sids)

@@ -91,7 +91,7 @@ function pay() {{
 </script></head><body style="margin:0"><button id="pay">Pay</button></body></html>"""
 
     def ask(self, session_id: str, action: str) -> tuple[int, bytes]:
-        """What a site's back end does (five lines in docs/decisions.md)."""
+        """What a site's back end does (the call docs/decisions.md shows)."""
         request = urllib.request.Request(
             f"{self.trailguard}/api/v1/decisions",
             data=json.dumps({"session_id": session_id, "action": action}).encode(),

@@ -50,6 +50,9 @@ WINDOW_EVENTS = 400
 PER_JOB = 4
 """Windows per job at most: how long a decision can find one scoring slot taken (~12 ms)."""
 INTERVAL_S = 1.0
+COUNT_READS_PER_TRIP = 256
+"""Sample counts read per round trip: one pipeline of thousands held the event loop (packing
+and parsing) for tens of milliseconds, and every collector socket with it."""
 
 
 def complete_windows(n: int, window_events: int) -> int:
@@ -178,13 +181,20 @@ class Prescorer:
             del self.done[gone]
         for gone in set(self.checked) - seen.keys():
             del self.checked[gone]
-        sids = [sid for sid, at in seen.items() if at > self.checked.get(sid, -math.inf)]
-        async with redis.pipeline(transaction=False) as pipe:
-            for sid in sids:
-                pipe.hget(keys.session_meta(sid), "n_samples")
-            t1 = time.thread_time()
-            counts = await pipe.execute() if sids else []
-            t0 += time.thread_time() - t1
+        now = time.monotonic()
+        sids = [
+            sid
+            for sid, at in seen.items()
+            if at > self.checked.get(sid, -math.inf) and not self._no_model(sid, now)
+        ]
+        counts: list[Any] = []
+        for i in range(0, len(sids), COUNT_READS_PER_TRIP):
+            async with redis.pipeline(transaction=False) as pipe:
+                for sid in sids[i : i + COUNT_READS_PER_TRIP]:
+                    pipe.hget(keys.session_meta(sid), "n_samples")
+                t1 = time.thread_time()
+                counts += await pipe.execute()
+                t0 += time.thread_time() - t1
         due, new = [], {}
         for sid, raw in zip(sids, counts, strict=True):
             n = int(_text(raw)) if raw is not None else 0
@@ -199,6 +209,14 @@ class Prescorer:
         self.stats.count_reads += len(sids)
         self.stats.loop_s += time.thread_time() - t0
         return due
+
+    def _no_model(self, sid: str, now: float) -> bool:
+        """Whether the model chooser said, recently, that no model scores this page: then its
+        count is not even read (thousands of streaming pages on a server with no model to
+        score them made the count reads the pre-scorer's whole cost)."""
+        key = self._page_key(sid)
+        hit = self.scorers.get(key) if key is not None else None
+        return hit is not None and hit[1] is None and now - hit[0] < MODEL_RECHECK_S
 
     def _window_events(self, sid: str) -> int:
         """The window length of the scorer this page last got (:meth:`_scorer_for`), or the

@@ -126,6 +126,21 @@ def test_only_pages_touched_since_last_looked_at_are_read_again(quick: Env) -> N
     assert still in p.checked and sid in p.done
 
 
+def test_pages_no_model_would_score_are_not_read(quick: Env) -> None:
+    # no model trained: after the chooser said so once, thousands of streaming pages cost the
+    # pre-scorer no count reads (those reads had held the collector's event loop)
+    frames = move_frames(human_path(2400, seed=8))
+    half = len(frames) // 2
+    sid = quick.send("shop", "", frames[:half])
+    p = _prescorer(quick, 1000)
+    assert _tick(quick, p) == 0 and p.stats.count_reads == 1  # read, and the chooser asked
+    quick.send("shop", "", frames[half:], sid=sid)  # the page grows
+    p.ctx.directory.refreshed = -1e9
+    assert _tick(quick, p) == 0 and p.stats.count_reads == 1  # not read again
+    p.scorers.clear()  # the chooser's answer is old (MODEL_RECHECK_S): asked again
+    assert _tick(quick, p) == 0 and p.stats.count_reads == 2
+
+
 def test_zero_disables_prescoring(quick: Env) -> None:
     assert load_settings({"TRAILGUARD_PRESCORE_WINDOWS_PER_S": "0"}).prescore_windows_per_s == 0
     assert load_settings({}).prescore_windows_per_s > 0

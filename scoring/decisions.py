@@ -258,6 +258,13 @@ identified after its page opened)."""
 LIVE_FIELDS = ["site_id", "account", "user_agent", "client_ip"]
 
 
+READS_PER_TRIP = 256
+"""Sessions read per pipelined round trip when many are read at once (the live directory, the
+pre-scorer's counts): one pipeline of thousands held the event loop, packing the commands and
+parsing the replies, for tens of milliseconds, and every collector socket of the process with
+it."""
+
+
 @dataclass
 class LiveDirectory:
     """The live page sessions by (site, account), shared by the decisions of one process.
@@ -304,10 +311,12 @@ class LiveDirectory:
         seen = {_text(sid): float(at) for sid, at in raw}
         reread = started - self.reread >= DIRECTORY_REREAD_S
         todo = [sid for sid in seen if reread or sid not in self.fields]
-        async with redis.pipeline(transaction=False) as pipe:
-            for sid in todo:
-                pipe.hmget(keys.session_meta(sid), LIVE_FIELDS)
-            metas = await pipe.execute() if todo else []
+        metas: list[Any] = []
+        for i in range(0, len(todo), READS_PER_TRIP):
+            async with redis.pipeline(transaction=False) as pipe:
+                for sid in todo[i : i + READS_PER_TRIP]:
+                    pipe.hmget(keys.session_meta(sid), LIVE_FIELDS)
+                metas += await pipe.execute()
         fields = {sid: self.fields[sid] for sid in seen if sid in self.fields}
         for sid, values in zip(todo, metas, strict=True):
             fields[sid] = [_text(v) if v is not None else None for v in values]
@@ -809,11 +818,14 @@ def mouse_model_chooser(
         with lock:
             now = time.monotonic()
             current = state["scorer"]
-            if current is not None and now - state["checked"] < MODEL_RECHECK_S:
+            # while no model is active the check is made on every call (one query): a first
+            # model is used as soon as it is activated, however early the scorer was loaded
+            fresh = now - state["checked"] < MODEL_RECHECK_S
+            if current is not None and fresh and _loaded_ids(current) != (None, None):
                 return current
             state["checked"] = now
             if current is None or _active_ids(sessions) != _loaded_ids(current):
-                # torch and checkpoints: imported only once a decision needs a model
+                # torch: imported on first use (the server's lifespan makes that start-up)
                 from scoring.mouse.inference import MouseScorer
 
                 loaded = MouseScorer(sessions, model_dir, device)

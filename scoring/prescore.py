@@ -38,7 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from scoring import keys, window_store
-from scoring.decisions import MODEL_RECHECK_S, DecisionContext, _text, snapshot
+from scoring.decisions import MODEL_RECHECK_S, READS_PER_TRIP, DecisionContext, _text, snapshot
 from scoring.mouse.live import live_bounds
 from scoring.schema import Account
 
@@ -50,9 +50,6 @@ WINDOW_EVENTS = 400
 PER_JOB = 4
 """Windows per job at most: how long a decision can find one scoring slot taken (~12 ms)."""
 INTERVAL_S = 1.0
-COUNT_READS_PER_TRIP = 256
-"""Sample counts read per round trip: one pipeline of thousands held the event loop (packing
-and parsing) for tens of milliseconds, and every collector socket with it."""
 
 
 def complete_windows(n: int, window_events: int) -> int:
@@ -188,9 +185,9 @@ class Prescorer:
             if at > self.checked.get(sid, -math.inf) and not self._no_model(sid, now)
         ]
         counts: list[Any] = []
-        for i in range(0, len(sids), COUNT_READS_PER_TRIP):
+        for i in range(0, len(sids), READS_PER_TRIP):
             async with redis.pipeline(transaction=False) as pipe:
-                for sid in sids[i : i + COUNT_READS_PER_TRIP]:
+                for sid in sids[i : i + READS_PER_TRIP]:
                     pipe.hget(keys.session_meta(sid), "n_samples")
                 t1 = time.thread_time()
                 counts += await pipe.execute()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 import time
@@ -80,7 +79,7 @@ async def prescoring(app: Starlette) -> AsyncIterator[None]:
     svc: Services = app.state.services
     ctx = getattr(app.state, "decisions", None) or build_context(svc)
     app.state.decisions = ctx
-    await _import_scoring()
+    await _load_scoring(ctx)
     prescorer = Prescorer(ctx, svc.settings.prescore_windows_per_s)
     app.state.prescorer = prescorer
     if prescorer.windows_per_s <= 0:
@@ -95,16 +94,17 @@ async def prescoring(app: Starlette) -> AsyncIterator[None]:
         await asyncio.wait({task}, timeout=PRESCORE_SHUTDOWN_S)
 
 
-async def _import_scoring() -> None:
-    """Import torch and the mouse scorer before serving. Imported on first use instead, by
-    the first decision or pre-scoring tick in a thread while the event loop served, the import
-    held the interpreter lock long enough to put every collector socket ~0.5 s behind (2,000
-    pages: p99 ack 661-948 ms against 23-47 ms). Only the import: which models are active is
-    still read on first use, so a model activated before the first decision is the one used."""
+async def _load_scoring(ctx: DecisionContext) -> None:
+    """Load the model chooser (torch, the active models or the untrained fallback) before
+    serving. Loaded on first use instead, by the first decision or pre-scoring tick in a thread
+    while the event loop served, the import and the network's construction held the
+    interpreter lock long enough to put every collector socket ~0.5 s behind (2,000 pages:
+    p99 ack 661-948 ms against 23-47 ms). A model activated later is picked up as before
+    (at once while none is active, else within the chooser's recheck)."""
     try:
-        await asyncio.to_thread(importlib.import_module, "scoring.mouse.inference")
+        await asyncio.to_thread(ctx.choose_model, None)
     except Exception:  # logged; a decision meets the same trouble and reports it
-        log.exception("importing the mouse scorer at start-up failed")
+        log.exception("loading the mouse models at start-up failed")
 
 
 def build_context(svc: Services) -> DecisionContext:

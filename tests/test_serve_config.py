@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import urllib.request
 from pathlib import Path
@@ -9,12 +10,15 @@ from pathlib import Path
 import psutil
 import uvloop
 from starlette.applications import Starlette
+from starlette.testclient import TestClient
 from test_worker_command import start_run
 from test_worker_faults import free_port, wait_for
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from server.app import YOUNG_GC_THRESHOLD, create_app
 from server.commands.serve import uvicorn_config
+from server.settings import Settings
 
 
 def test_serve_runs_uvloop_httptools_and_sansio_websockets() -> None:
@@ -66,3 +70,14 @@ def _listening(pid: int, port: int) -> int:
             continue
         count += any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns)
     return count
+
+
+def test_the_app_tunes_the_garbage_collector_while_it_runs(settings: Settings) -> None:
+    # full collections pause every open socket: start-up objects are frozen out of them and
+    # young collections are rarer, for the app's life only
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        assert gc.get_threshold()[0] == YOUNG_GC_THRESHOLD
+        assert gc.get_freeze_count() > frozen
+    assert gc.get_threshold() == before

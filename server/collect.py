@@ -254,8 +254,8 @@ class Ingest:
             await store.connection_closed(self.svc.redis, self.sid, time.time())
 
 
-_ENDING: set[asyncio.Future[bool]] = set()
-"""Session ends in progress, referenced so that they run to completion."""
+_ENDING: set[asyncio.Future[Any]] = set()
+"""Session ends and connection closes in progress, referenced so that they run to completion."""
 
 
 def _raise_for(status: int, frame: wire.Frame) -> None:
@@ -556,8 +556,14 @@ async def collect_socket(ws: WebSocket) -> None:
         with contextlib.suppress(Exception):
             await ws.close(code=1011, reason="internal error")
     finally:
+        # in a task of its own: a handler cancelled as the socket goes (a shutting-down
+        # server, the test client) must still count the connection out, or the session would
+        # wait for the idle timeout instead of the grace period
+        closing = asyncio.ensure_future(ingest.finish())
+        _ENDING.add(closing)
+        closing.add_done_callback(_ENDING.discard)
         with contextlib.suppress(Exception):
-            await ingest.finish()
+            await asyncio.shield(closing)
 
 
 async def _read_body(request: Request) -> bytes:

@@ -72,6 +72,15 @@ def _wait_ended(r: redis.Redis, sid: str) -> None:
         time.sleep(0.02)
 
 
+def _wait_closed(r: redis.Redis, sid: str) -> None:
+    """The server counts a closed connection out just after the close (in a task of its own,
+    so that a handler cancelled then still does it)."""
+    deadline = time.monotonic() + 10
+    while r.hget(keys.session_meta(sid), "connections") != b"0":
+        assert time.monotonic() < deadline, "the close was not counted"
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def env(tmp_path: Path, migrated_database_url: str, redis_url: str) -> Iterator[tuple]:
     key = _site(migrated_database_url)
@@ -393,6 +402,7 @@ def test_sweeper_ends_closed_sessions_after_grace_and_idle_ones_after_timeout(
                 await svc.redis.aclose()
                 svc.engine.dispose()
 
+        _wait_closed(redis_client, closed)
         assert asyncio.run(sweep(1)) == 0  # inside the grace period: nothing ends
         assert asyncio.run(sweep(QUIET.grace_s + 1)) == 1  # the closed one
         assert redis_client.hget(keys.session_meta(closed), "end_reason") == b"closed"

@@ -49,7 +49,7 @@ from scoring.alerting import device_label, on_flag
 from scoring.cases import as_utc, open_case, record_event
 from scoring.policy import ActionPolicy, Policy, parse_policy
 from scoring.schema import Account, Decision, PageSession, Site, utcnow
-from scoring.session_store import Caps, SessionData, unpack_events
+from scoring.session_store import Caps, SessionData, read_fields, unpack_events
 
 log = logging.getLogger(__name__)
 
@@ -258,13 +258,6 @@ identified after its page opened)."""
 LIVE_FIELDS = ["site_id", "account", "user_agent", "client_ip"]
 
 
-READS_PER_TRIP = 256
-"""Sessions read per pipelined round trip when many are read at once (the live directory, the
-pre-scorer's counts): one pipeline of thousands held the event loop, packing the commands and
-parsing the replies, for tens of milliseconds, and every collector socket of the process with
-it."""
-
-
 @dataclass
 class LiveDirectory:
     """The live page sessions by (site, account), shared by the decisions of one process.
@@ -311,12 +304,7 @@ class LiveDirectory:
         seen = {_text(sid): float(at) for sid, at in raw}
         reread = started - self.reread >= DIRECTORY_REREAD_S
         todo = [sid for sid in seen if reread or sid not in self.fields]
-        metas: list[Any] = []
-        for i in range(0, len(todo), READS_PER_TRIP):
-            async with redis.pipeline(transaction=False) as pipe:
-                for sid in todo[i : i + READS_PER_TRIP]:
-                    pipe.hmget(keys.session_meta(sid), LIVE_FIELDS)
-                metas += await pipe.execute()
+        metas = await read_fields(redis, todo, LIVE_FIELDS)
         fields = {sid: self.fields[sid] for sid in seen if sid in self.fields}
         for sid, values in zip(todo, metas, strict=True):
             fields[sid] = [_text(v) if v is not None else None for v in values]

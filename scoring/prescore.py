@@ -37,10 +37,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from scoring import keys, window_store
-from scoring.decisions import MODEL_RECHECK_S, READS_PER_TRIP, DecisionContext, _text, snapshot
+from scoring import window_store
+from scoring.decisions import MODEL_RECHECK_S, DecisionContext, _text, snapshot
 from scoring.mouse.live import live_bounds
 from scoring.schema import Account
+from scoring.session_store import read_fields
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +185,9 @@ class Prescorer:
             for sid, at in seen.items()
             if at > self.checked.get(sid, -math.inf) and not self._no_model(sid, now)
         ]
-        counts: list[Any] = []
-        for i in range(0, len(sids), READS_PER_TRIP):
-            async with redis.pipeline(transaction=False) as pipe:
-                for sid in sids[i : i + READS_PER_TRIP]:
-                    pipe.hget(keys.session_meta(sid), "n_samples")
-                t1 = time.thread_time()
-                counts += await pipe.execute()
-                t0 += time.thread_time() - t1
+        t1 = time.thread_time()
+        counts = [row[0] for row in await read_fields(redis, sids, ["n_samples"])]
+        t0 += time.thread_time() - t1
         due, new = [], {}
         for sid, raw in zip(sids, counts, strict=True):
             n = int(_text(raw)) if raw is not None else 0

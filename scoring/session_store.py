@@ -530,6 +530,24 @@ async def read_metas(redis: aioredis.Redis, sids: list[str]) -> list[dict[str, s
     return [{_text(k): _text(v) for k, v in raw.items()} if raw else None for raw in raws]
 
 
+READS_PER_TRIP = 256
+"""Sessions read per pipelined round trip by :func:`read_fields`: one pipeline of thousands
+held the event loop (packing the commands, parsing the replies) for tens of milliseconds, and
+every collector socket of the process with it."""
+
+
+async def read_fields(redis: aioredis.Redis, sids: list[str], fields: list[str]) -> list[Any]:
+    """``fields`` of each session's meta (``HMGET``: a list each, None where missing), in the
+    order of ``sids``, :data:`READS_PER_TRIP` sessions a round trip."""
+    out: list[Any] = []
+    for i in range(0, len(sids), READS_PER_TRIP):
+        async with redis.pipeline(transaction=False) as pipe:
+            for sid in sids[i : i + READS_PER_TRIP]:
+                pipe.hmget(keys.session_meta(sid), fields)
+            out += await pipe.execute()
+    return out
+
+
 async def mark_ended(redis: aioredis.Redis, sid: str, reason: str, now: float) -> None:
     await mark_all_ended(redis, [(sid, reason)], now)
 

@@ -162,3 +162,24 @@ def test_frames_are_decoded_straight_into_the_stored_record_layout() -> None:
     assert bytes(frame.packed) == store.pack_events(frame.events)
     rows = store.unpack_events(bytes(frame.packed)).tolist()
     assert rows == [[t / 10, x, y, 0] for t, x, y in samples]
+
+
+async def _fields_of_many(redis_url: str, n: int) -> list[object]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        sids = [secrets.token_hex(16) for _ in range(n)]
+        async with client.pipeline(transaction=False) as pipe:
+            for i, sid in enumerate(sids[:-1]):  # the last one has no meta at all
+                pipe.hset(keys.session_meta(sid), mapping={"n_samples": i, "account": f"a{i}"})
+            await pipe.execute()
+        return await store.read_fields(client, sids, ["n_samples", "account"])
+    finally:
+        await client.aclose()
+
+
+def test_fields_of_many_sessions_come_back_in_order_across_round_trips(redis_url: str) -> None:
+    n = 2 * store.READS_PER_TRIP + 3  # three round trips
+    rows = asyncio.run(_fields_of_many(redis_url, n))
+    assert len(rows) == n
+    assert rows[:-1] == [[str(i).encode(), f"a{i}".encode()] for i in range(n - 1)]
+    assert rows[-1] == [None, None]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -13,16 +16,30 @@ from scoring import session_store as store
 from server import wire
 
 
-async def _appended_and_touched(redis_url: str) -> tuple[list[int], float | None, float | None]:
-    client = aioredis.Redis.from_url(redis_url)
-    batcher = store.AppendBatcher(client)
+@contextlib.asynccontextmanager
+async def _batcher(
+    redis_url: str, sids: list[str], **client: Any
+) -> AsyncIterator[tuple[aioredis.Redis, store.AppendBatcher]]:
+    """A Redis client and a running append batcher, with ``sids`` opened as sessions."""
+    redis = aioredis.Redis.from_url(redis_url, **client)
+    batcher = store.AppendBatcher(redis)
     runner = asyncio.create_task(batcher.run())
-    sid, other = secrets.token_hex(16), secrets.token_hex(16)
     try:
-        for s in (sid, other):
+        for sid in sids:
             await store.open_session(
-                client, s, 1, {"site_key": "k"}, connection=True, now=100.0, ttl_s=60
+                redis, sid, 1, {"site_key": "k"}, connection=True, now=100.0, ttl_s=60
             )
+        yield redis, batcher
+    finally:
+        runner.cancel()
+        await asyncio.wait([runner])
+        batcher.close()
+        await redis.aclose()
+
+
+async def _appended_and_touched(redis_url: str) -> tuple[list[int], float | None, float | None]:
+    sid, other = secrets.token_hex(16), secrets.token_hex(16)
+    async with _batcher(redis_url, [sid, other]) as (client, batcher):
         events = [(10, 1, 2, 0), (20, 3, 4, 0)]
         packed = (store.pack_events(events), len(events))
         first = await batcher.append(sid, 0, *packed, 10, 20, 101.0, store.Caps())
@@ -30,16 +47,12 @@ async def _appended_and_touched(redis_url: str) -> tuple[list[int], float | None
         # the mark rides with the next batch, whoever's frame it carries
         second = await batcher.append(other, 0, *packed, 10, 20, 102.0, store.Caps())
         again = await batcher.append(sid, 0, *packed, 10, 20, 103.0, store.Caps())
-        return (
-            [first, second, again],
+        marks = (
             await client.zscore(keys.LIVE_SESSIONS, sid),
             await client.zscore(keys.LIVE_SESSIONS, other),
         )
-    finally:
-        runner.cancel()
-        batcher.close()
         await client.zrem(keys.LIVE_SESSIONS, sid, other)
-        await client.aclose()
+        return [first, second, again], *marks
 
 
 def test_live_marks_ride_with_the_next_batch_and_results_stay_per_frame(redis_url: str) -> None:
@@ -50,15 +63,9 @@ def test_live_marks_ride_with_the_next_batch_and_results_stay_per_frame(redis_ur
 
 
 async def _append_across_a_dropped_connection(redis_url: str) -> tuple[int, str, int]:
-    client = aioredis.Redis.from_url(redis_url)
-    batcher = store.AppendBatcher(client)
-    runner = asyncio.create_task(batcher.run())
     sid = secrets.token_hex(16)
     packed = (store.pack_events([(10, 1, 2, 0)]), 1)
-    try:
-        await store.open_session(
-            client, sid, 1, {"site_key": "k"}, connection=True, now=1, ttl_s=60
-        )
+    async with _batcher(redis_url, [sid]) as (client, batcher):
         first = await batcher.append(sid, 0, *packed, 10, 10, 2.0, store.Caps())
         # Redis drops the connection the batcher keeps between batches
         await batcher.conn.send_command("CLIENT", "ID")
@@ -70,11 +77,6 @@ async def _append_across_a_dropped_connection(redis_url: str) -> tuple[int, str,
             failed = type(e).__name__
         again = await batcher.append(sid, 2, *packed, 30, 30, 4.0, store.Caps())
         return first, failed, again
-    finally:
-        runner.cancel()
-        await asyncio.wait([runner])
-        batcher.close()
-        await client.aclose()
 
 
 def test_a_dropped_redis_connection_fails_its_batch_and_the_next_batch_reconnects(
@@ -86,15 +88,9 @@ def test_a_dropped_redis_connection_fails_its_batch_and_the_next_batch_reconnect
 
 
 async def _append_while_redis_stops_answering(redis_url: str) -> tuple[str, float, int]:
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=0.3)
-    batcher = store.AppendBatcher(client)
-    runner = asyncio.create_task(batcher.run())
     sid = secrets.token_hex(16)
     packed = (store.pack_events([(10, 1, 2, 0)]), 1)
-    try:
-        await store.open_session(
-            client, sid, 1, {"site_key": "k"}, connection=True, now=1, ttl_s=60
-        )
+    async with _batcher(redis_url, [sid], socket_timeout=0.3) as (client, batcher):
         await client.client_pause(1000, all=True)  # the server answers nobody for a second
         started = time.monotonic()
         try:
@@ -106,11 +102,6 @@ async def _append_while_redis_stops_answering(redis_url: str) -> tuple[str, floa
         await asyncio.sleep(1.2 - waited)
         again = await batcher.append(sid, 1, *packed, 20, 20, 3.0, store.Caps())
         return failed, waited, again
-    finally:
-        runner.cancel()
-        await asyncio.wait([runner])
-        batcher.close()
-        await client.aclose()
 
 
 def test_a_silent_redis_fails_the_batch_within_the_socket_timeout(redis_url: str) -> None:
@@ -121,15 +112,8 @@ def test_a_silent_redis_fails_the_batch_within_the_socket_timeout(redis_url: str
 
 
 async def _append_after_a_script_flush(redis_url: str) -> tuple[list[int], list[int]]:
-    client = aioredis.Redis.from_url(redis_url)
-    batcher = store.AppendBatcher(client)
-    runner = asyncio.create_task(batcher.run())
     sids = [secrets.token_hex(16) for _ in range(3)]
-    try:
-        for sid in sids:
-            await store.open_session(
-                client, sid, 1, {"site_key": "k"}, connection=True, now=1, ttl_s=60
-            )
+    async with _batcher(redis_url, sids) as (client, batcher):
         await client.script_flush()  # Redis forgot the append script (restart, failover)
         # two frames of each session in one batch: all of them meet the missing script
         appends = [
@@ -140,11 +124,6 @@ async def _append_after_a_script_flush(redis_url: str) -> tuple[list[int], list[
         statuses = await asyncio.gather(*appends)
         counts = [int(await client.hget(keys.session_meta(sid), "n_samples") or 0) for sid in sids]
         return list(statuses), counts
-    finally:
-        runner.cancel()
-        await asyncio.wait([runner])
-        batcher.close()
-        await client.aclose()
 
 
 def test_a_batch_that_meets_a_flushed_script_stores_every_frame_in_order(

@@ -22,10 +22,10 @@ import hashlib
 import math
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -505,45 +505,51 @@ async def claim_end(redis: aioredis.Redis, sid: str, reason: str, ttl_s: int) ->
 async def claim_ends(
     redis: aioredis.Redis, due: list[tuple[str, str]], ttl_s: int
 ) -> list[tuple[str, str]]:
-    """:func:`claim_end` for many sessions in one round trip; the (sid, reason) won here."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for sid, reason in due:
-            pipe.set(keys.session_end_lock(sid), reason, nx=True, ex=ttl_s)
-        won = await pipe.execute()
+    """:func:`claim_end` for many sessions, pipelined; the (sid, reason) won here."""
+    won = await _per_session(
+        redis, due, lambda pipe, d: pipe.set(keys.session_end_lock(d[0]), d[1], nx=True, ex=ttl_s)
+    )
     return [item for item, ok in zip(due, won, strict=True) if ok]
 
 
 async def release_end(redis: aioredis.Redis, *sids: str) -> None:
     """Undo :func:`claim_end` when ending failed half-way, so a later sweep retries."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for sid in sids:  # one DEL each: the locks are in different cluster slots
-            pipe.delete(keys.session_end_lock(sid))
-        await pipe.execute()
+    # one DEL each: the locks are in different cluster slots
+    await _per_session(redis, sids, lambda pipe, sid: pipe.delete(keys.session_end_lock(sid)))
 
 
 async def read_metas(redis: aioredis.Redis, sids: list[str]) -> list[dict[str, str] | None]:
-    """:func:`read_meta` of many sessions in one round trip; None where one is gone."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for sid in sids:
-            pipe.hgetall(keys.session_meta(sid))
-        raws = await pipe.execute()
+    """:func:`read_meta` of many sessions, pipelined; None where one is gone."""
+    raws = await _per_session(redis, sids, lambda pipe, sid: pipe.hgetall(keys.session_meta(sid)))
     return [{_text(k): _text(v) for k, v in raw.items()} if raw else None for raw in raws]
-
-
-READS_PER_TRIP = 256
-"""Sessions read per pipelined round trip by :func:`read_fields`: one pipeline of thousands
-held the event loop (packing the commands, parsing the replies) for tens of milliseconds, and
-every collector socket of the process with it."""
 
 
 async def read_fields(redis: aioredis.Redis, sids: list[str], fields: list[str]) -> list[Any]:
     """``fields`` of each session's meta (``HMGET``: a list each, None where missing), in the
-    order of ``sids``, :data:`READS_PER_TRIP` sessions a round trip."""
+    order of ``sids``, pipelined."""
+    return await _per_session(
+        redis, sids, lambda pipe, sid: pipe.hmget(keys.session_meta(sid), fields)
+    )
+
+
+SESSIONS_PER_TRIP = 256
+"""Sessions per pipelined round trip in :func:`_per_session`: one pipeline of thousands held
+the event loop (packing the commands, parsing the replies) for tens of milliseconds, and every
+collector socket of the process with it."""
+
+_Item = TypeVar("_Item")
+
+
+async def _per_session(
+    redis: aioredis.Redis, items: Sequence[_Item], add: Callable[[Any, _Item], object]
+) -> list[Any]:
+    """``add(pipe, item)`` for each of ``items``, :data:`SESSIONS_PER_TRIP` a round trip; the
+    replies in order."""
     out: list[Any] = []
-    for i in range(0, len(sids), READS_PER_TRIP):
+    for i in range(0, len(items), SESSIONS_PER_TRIP):
         async with redis.pipeline(transaction=False) as pipe:
-            for sid in sids[i : i + READS_PER_TRIP]:
-                pipe.hmget(keys.session_meta(sid), fields)
+            for item in items[i : i + SESSIONS_PER_TRIP]:
+                add(pipe, item)
             out += await pipe.execute()
     return out
 

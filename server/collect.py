@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,12 +226,7 @@ class Ingest:
         if self.ender is not None:  # runs in its own task: a closing page can't cut it
             await self.ender.end(self.sid, "end")
         else:  # an app run without its lifespan: end it here, shielded from the handler
-            task = asyncio.ensure_future(
-                end_session(self.svc, self.cfg, self.sid, "end", time.time())
-            )
-            _ENDING.add(task)
-            task.add_done_callback(_ENDING.discard)
-            await asyncio.shield(task)
+            await _to_completion(end_session(self.svc, self.cfg, self.sid, "end", time.time()))
         self.ended = True
 
     async def _apply_records(self, frame: wire.Frame) -> None:
@@ -256,6 +251,15 @@ class Ingest:
 
 _ENDING: set[asyncio.Future[Any]] = set()
 """Session ends and connection closes in progress, referenced so that they run to completion."""
+
+
+async def _to_completion(work: Coroutine[Any, Any, Any]) -> Any:
+    """Await ``work`` in a task of its own, which runs to the end even when the caller is
+    cancelled (a handler cancelled as its socket goes)."""
+    task = asyncio.ensure_future(work)
+    _ENDING.add(task)
+    task.add_done_callback(_ENDING.discard)
+    return await asyncio.shield(task)
 
 
 def _raise_for(status: int, frame: wire.Frame) -> None:
@@ -417,7 +421,8 @@ class SessionEnder:
     one :func:`end_sessions` call. Each caller waits for its own result; run :meth:`run` as
     a task, and :meth:`stop` it so that the ends already asked for still happen.
 
-    After the first end of a batch arrives it waits ``linger_s`` for more. Ending costs
+    After the first end of a batch arrives it waits ``end_linger_s`` (:class:`CollectorConfig`)
+    for more. Ending costs
     ~130 µs of CPU a session (Redis, the row, the job); pages that end together (a deploy, a
     campaign, a benchmark) ended one small batch after another while their last frames still
     arrived, and their acknowledgements queued behind that work. Nothing waits on an end but
@@ -556,14 +561,11 @@ async def collect_socket(ws: WebSocket) -> None:
         with contextlib.suppress(Exception):
             await ws.close(code=1011, reason="internal error")
     finally:
-        # in a task of its own: a handler cancelled as the socket goes (a shutting-down
-        # server, the test client) must still count the connection out, or the session would
-        # wait for the idle timeout instead of the grace period
-        closing = asyncio.ensure_future(ingest.finish())
-        _ENDING.add(closing)
-        closing.add_done_callback(_ENDING.discard)
+        # a handler cancelled as the socket goes (a shutting-down server, the test client)
+        # must still count the connection out, or the session would wait for the idle
+        # timeout instead of the grace period
         with contextlib.suppress(Exception):
-            await asyncio.shield(closing)
+            await _to_completion(ingest.finish())
 
 
 async def _read_body(request: Request) -> bytes:

@@ -157,7 +157,7 @@ async def _fields_of_many(redis_url: str, n: int) -> list[object]:
 
 
 def test_fields_of_many_sessions_come_back_in_order_across_round_trips(redis_url: str) -> None:
-    n = 2 * store.READS_PER_TRIP + 3  # three round trips
+    n = 2 * store.SESSIONS_PER_TRIP + 3  # three round trips
     rows = asyncio.run(_fields_of_many(redis_url, n))
     assert len(rows) == n
     assert rows[:-1] == [[str(i).encode(), f"a{i}".encode()] for i in range(n - 1)]
